@@ -1,0 +1,38 @@
+# `make demo` and `make test` do all set-up themselves: a virtual environment in .venv,
+# the package with its extras, and Procgen (installed --no-deps, see setup.cfg).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[coinrun,play,test]'
+	$(PY) -m pip install --quiet --no-deps procgen-mirror==0.10.7 gym3==0.3.3
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m genie demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.loader
+	$(PY) -m benchmarks.train
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

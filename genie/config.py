@@ -1,0 +1,174 @@
+"""Configuration: frozen dataclasses, one place for every default.
+
+An experiment in `experiments/` returns a `Config`; the command line overrides any field
+(`--tokenizer.patch-size 8`); every run writes its full config next to its checkpoints as
+`config.json`, and everything that consumes a run (sampling, play, probe, eval) reads it back
+from there with `load_config`, so training and sampling can never disagree on a shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jax.numpy as jnp
+
+STAGES = ("tokenizer", "lam", "dynamics")
+Stage = Literal["tokenizer", "lam", "dynamics"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "coinrun_tiny"  # a dataset name under data_dir (see data_pipelines)
+    data_dir: str | None = None  # default: $GENIE_DATA_DIR or ./data
+    clip_frames: int = 16  # T
+    image_size: int = 64  # H = W
+    shuffle_seed: int = 0
+    worker_count: int = 0  # grain worker processes; 0 reads in the training process
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    width: int = 128  # D
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """ST-ViViT VQ-VAE (Genie section 2.1)."""
+
+    patch_size: int = 4
+    num_codes: int = 1024  # K
+    code_dim: int = 32
+    encoder: TransformerConfig = TransformerConfig()
+    decoder: TransformerConfig = TransformerConfig()
+    commitment_weight: float = 0.25
+    dead_code_steps: int = 100  # a code unused this many steps is re-initialised
+
+
+@dataclass(frozen=True)
+class LAMConfig:
+    """Latent action model (Genie section 2.1): 6 codes in the CoinRun case study."""
+
+    patch_size: int = 8
+    num_codes: int = 6  # |A|
+    code_dim: int = 32
+    encoder: TransformerConfig = TransformerConfig()
+    decoder: TransformerConfig = TransformerConfig()
+    commitment_weight: float = 0.25
+    dead_code_steps: int = 100
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """MaskGIT dynamics model (Genie section 2.1; Chang et al. 2022)."""
+
+    transformer: TransformerConfig = TransformerConfig()
+    maskgit_steps: int = 25  # Genie CoinRun case study
+    temperature: float = 1.0
+    mask_schedule: Literal["cosine", "linear"] = "cosine"
+    min_mask_rate: float = 0.5  # training mask rates are drawn from [min_mask_rate, 1]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 8  # global, split over every device
+    steps: int = 1000
+    learning_rate: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    log_every: int = 10
+    image_every: int = 500  # reconstruction / rollout PNGs
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    seed: int = 0
+    run_dir: str = ""  # default: runs/<name>
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute; params stay float32
+    fsdp: bool = False  # also shard parameters and optimizer state over devices
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    lam: LAMConfig = LAMConfig()
+    dynamics: DynamicsConfig = DynamicsConfig()
+    train_tokenizer: TrainConfig = TrainConfig()
+    train_lam: TrainConfig = TrainConfig()
+    train_dynamics: TrainConfig = TrainConfig()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def param_dtype(self) -> jnp.dtype:
+        return jnp.dtype("float32")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or os.path.join("runs", self.name))
+
+    def train(self, stage: Stage) -> TrainConfig:
+        return getattr(self, f"train_{stage}")
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any]):
+    """Rebuilds a (nested) config dataclass from `to_dict` output, rejecting unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default):
+            value = from_dict(type(default), value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_config(config: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_dict(config), indent=2))
+    tmp.replace(path)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Reads the config saved by a run: a run folder, a stage folder or a config.json."""
+    path = Path(path)
+    candidates = [path, path / "config.json"] + [path / s / "config.json" for s in STAGES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return from_dict(Config, json.loads(candidate.read_text()))
+    raise FileNotFoundError(f"no config.json in {path} or its stage folders {STAGES}")
+
+
+def load_experiment(path_or_name: str) -> Config:
+    """Loads `experiments/<name>.py` (or any .py file) and calls its `get_config()`."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = Path(__file__).resolve().parent.parent / "experiments" / f"{path_or_name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"experiments.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config() returning a genie Config")
+    return module.get_config()
