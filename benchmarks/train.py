@@ -1,0 +1,106 @@
+"""Training throughput per stage: frames/s, steps/s and, on a known accelerator, MFU.
+
+    python -m benchmarks.train [--configs coinrun_tiny coinrun] [--steps 10]
+
+Random uint8 clips stand in for data (the loader has its own benchmark), and the dynamics
+stage reads freshly initialised tokenizer and LAM models, so nothing needs training first.
+FLOPs per step come from XLA's cost analysis of the compiled step; MFU divides achieved
+FLOP/s by the chip's peak dense bf16 rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from genie.config import STAGES, Config, load_experiment
+from genie.sharding import batch_sharding, make_mesh
+from genie.stages import STAGE_SPECS, build_model
+from genie.train import compile_ready_step, make_optimizer
+
+# Peak dense bf16 FLOP/s by device kind (vendor datasheets).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5": 459e12}
+
+
+def peak_flops(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | None) -> dict:
+    train = config.train(stage)
+    if batch_size:
+        config = dataclasses.replace(
+            config, **{f"train_{stage}": dataclasses.replace(train, batch_size=batch_size)}
+        )
+    batch = config.train(stage).batch_size
+    mesh = make_mesh()
+    rngs = nnx.Rngs(params=0)
+    model = build_model(config, stage, rngs)
+    optimizer = nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+    frozen = {name: build_model(config, name, rngs) for name in STAGE_SPECS[stage].frozen}
+    step_fn, _, state, frozen_state = compile_ready_step(
+        config, stage, model, optimizer, frozen or None, mesh
+    )
+    data = config.data
+    shape = (batch, data.clip_frames, data.image_size, data.image_size, 3)
+    frames = jax.device_put(
+        np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), batch_sharding(mesh)
+    )
+    key = jax.random.key(0)
+    compiled = step_fn.lower(state, frozen_state, frames, key).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    state, metrics = step_fn(state, frozen_state, frames, key)  # warm-up
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = step_fn(state, frozen_state, frames, jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    peak = peak_flops(jax.devices()[0])
+    return {
+        "stage": stage,
+        "params": params,
+        "batch": batch,
+        "frames_per_s": batch * data.clip_frames / seconds,
+        "steps_per_s": 1.0 / seconds,
+        "tflops_per_step": flops / 1e12,
+        "mfu": (flops / seconds) / (peak * mesh.size) if peak and flops else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["coinrun_tiny", "coinrun"])
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--cpu-batch", type=int, default=2,
+        help="batch for GPU-sized configs when running on a CPU (their real batch takes hours)",
+    )
+    args = parser.parse_args(argv)
+    device = jax.devices()[0]
+    print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform})")
+    print(f"{'config':<14}{'stage':<11}{'params':>10}{'batch':>7}{'frames/s':>11}"
+          f"{'steps/s':>9}{'TFLOP/step':>12}{'MFU':>7}")
+    for name in args.configs:
+        config = load_experiment(name)
+        small_cpu = device.platform == "cpu" and config.train("tokenizer").batch_size > 8
+        for stage in args.stages:
+            r = benchmark_stage(config, stage, args.steps, args.cpu_batch if small_cpu else None)
+            mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
+            print(f"{name:<14}{stage:<11}{r['params'] / 1e6:>9.2f}M{r['batch']:>7}"
+                  f"{r['frames_per_s']:>11.1f}{r['steps_per_s']:>9.2f}"
+                  f"{r['tflops_per_step']:>12.4f}{mfu:>7}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

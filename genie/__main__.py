@@ -1,0 +1,37 @@
+"""The `genie` command: `genie <verb> ...` dispatches to the module of that verb."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+VERBS = {
+    "demo": ("genie.demo", "build a small CoinRun dataset and train all three stages on it"),
+    "train": ("genie.train", "train one stage: tokenizer, lam or dynamics"),
+    "play": ("genie.play", "step a trained world with latent actions (window, headless, browser)"),
+    "probe": ("genie.probe", "find out what each latent action does"),
+    "eval": ("genie.evaluate", "reconstruction, rollout and controllability metrics"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: genie <verb> [args]   (genie <verb> --help for its options)", ""]
+    lines += [f"  {verb:<7} {text}" for verb, (_, text) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"genie: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(VERBS[verb][0])
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

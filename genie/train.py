@@ -1,0 +1,330 @@
+"""One training loop for all three stages.
+
+    python -m genie.train tokenizer --config experiments/coinrun_tiny.py [--train-tokenizer.steps 50]
+    python -m genie.train lam       --config experiments/coinrun_tiny.py
+    python -m genie.train dynamics  --config experiments/coinrun_tiny.py
+
+The stage (genie.stages) supplies its model, loss and pictures; this loop supplies the data
+sharding, the optimizer, checkpointing, logging, resume and the progress bar. A run resumes
+automatically from the latest checkpoint in `<run_dir>/<stage>/checkpoints`: parameters,
+optimizer moments, the step, the VQ reset counters and the data-iterator position, and every
+step's key is `fold_in(seed_key, step)`, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+from genie import checkpoint
+from genie.config import (
+    STAGES,
+    Config,
+    Stage,
+    load_config,
+    load_experiment,
+    save_config,
+    to_dict,
+)
+from genie.sharding import batch_sharding, make_mesh, shard_state, state_shardings
+from genie.stages import STAGE_SPECS, build_model
+from genie.writer import MetricWriter
+
+log = logging.getLogger("genie")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def make_optimizer(config: Config, stage: Stage) -> optax.GradientTransformation:
+    """AdamW with linear warmup and cosine decay, after global-norm gradient clipping."""
+    train = config.train(stage)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=train.learning_rate,
+        warmup_steps=min(train.warmup_steps, max(train.steps - 1, 1)),
+        decay_steps=max(train.steps, 2),
+        end_value=train.learning_rate * 0.1,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(train.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=train.weight_decay),
+    )
+
+
+def make_train_step(stage_name: str, graphdef, frozen_graphdef):
+    """A pure `(state, frozen_state, frames, step_key) -> (state, metrics)` for jax.jit."""
+    spec = STAGE_SPECS[stage_name]
+
+    def train_step(state, frozen_state, frames, key):
+        model, optimizer = nnx.merge(graphdef, state)
+        frozen = nnx.merge(frozen_graphdef, frozen_state) if frozen_graphdef else None
+        inputs = spec.prepare(frozen, frames)
+        loss_key, reset_key = jax.random.split(key)
+
+        def loss_fn(model):
+            return spec.loss(model, inputs, loss_key)
+
+        (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        if hasattr(model, "reset_dead_codes"):
+            metrics["codes_reset"] = model.reset_dead_codes(reset_key)
+        return nnx.state((model, optimizer)), metrics
+
+    return train_step
+
+
+def _load_frozen(config: Config, stage: Stage):
+    """The trained models this stage reads, from the same run folder."""
+    spec = STAGE_SPECS[stage]
+    frozen = {}
+    for name in spec.frozen:
+        model, saved = checkpoint.load_model(config.run_path, name)
+        if (saved.data.image_size, saved.data.clip_frames) != (
+            config.data.image_size,
+            config.data.clip_frames,
+        ):
+            raise ValueError(
+                f"the {name} in {config.run_path} was trained on "
+                f"{saved.data.image_size}px clips of {saved.data.clip_frames} frames, this "
+                f"{stage} run uses {config.data.image_size}px x {config.data.clip_frames}"
+            )
+        if name == "tokenizer" and saved.tokenizer != config.tokenizer:
+            config = dataclasses.replace(config, tokenizer=saved.tokenizer)
+        if name == "lam" and saved.lam != config.lam:
+            config = dataclasses.replace(config, lam=saved.lam)
+        frozen[name] = model
+    return frozen, config
+
+
+def _check_resumable(config: Config, stage: Stage, folder: Path) -> None:
+    """A run folder may only be resumed with the config it was started with (steps aside)."""
+    saved_path = folder / "config.json"
+    if not saved_path.exists():
+        return
+    saved = load_config(saved_path)
+    train_field = f"train_{stage}"
+    relaxed = dataclasses.replace(
+        config, **{train_field: dataclasses.replace(config.train(stage), steps=saved.train(stage).steps)}
+    )
+    if relaxed != saved:
+        a, b = to_dict(saved), to_dict(relaxed)
+        changed = sorted(k for k in a if a[k] != b[k])
+        raise ValueError(
+            f"{folder} was trained with a different config (sections differing: {changed}); "
+            "use another --run-dir or delete that folder to start over"
+        )
+
+
+class _StopRequest:
+    """Turns SIGTERM / SIGINT into a flag so the loop can save before leaving."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def compile_ready_step(config: Config, stage: Stage, model, optimizer, frozen, mesh):
+    """Splits the models into graph and (sharded) state and jits the train step over them.
+
+    Returns (step_fn, graphdef, state, frozen_state); `step_fn(state, frozen_state, frames, key)`
+    donates `state` and returns the new state and the step's metrics.
+    """
+    graphdef, state = nnx.split((model, optimizer))
+    frozen_graphdef, frozen_state = nnx.split(frozen) if frozen else (None, None)
+    shardings = state_shardings(state, mesh, fsdp=config.fsdp)
+    state = jax.device_put(state, shardings)
+    if frozen:
+        frozen_state = shard_state(frozen_state, mesh, fsdp=config.fsdp)
+    step_fn = jax.jit(
+        make_train_step(stage, graphdef, frozen_graphdef),
+        donate_argnums=0,
+        out_shardings=(shardings, None),
+    )
+    return step_fn, graphdef, state, frozen_state
+
+
+def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = True) -> dict:
+    """Trains `stage` to `config.train(stage).steps`, resuming if a checkpoint exists.
+
+    `data_iterator` overrides the dataset (tests); it must yield uint8 (B, T, H, W, 3) and
+    support grain checkpointing if resume of the data order matters. Returns the last metrics.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+    train_config = config.train(stage)
+    folder = checkpoint.stage_path(config.run_path, stage)
+    frozen, config = _load_frozen(config, stage)
+    _check_resumable(config, stage, folder)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        save_config(config, folder / "config.json")
+
+    mesh = make_mesh()
+    if train_config.batch_size % mesh.size:
+        raise ValueError(
+            f"batch size {train_config.batch_size} does not split over {mesh.size} devices"
+        )
+    model = build_model(config, stage, nnx.Rngs(params=config.seed))
+    optimizer = nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+
+    if data_iterator is None:
+        from data_pipelines.loader import make_loader
+
+        loader = make_loader(
+            config.data.dataset,
+            "train",
+            batch_size=train_config.batch_size,
+            clip_frames=config.data.clip_frames,
+            data_dir=config.data.data_dir,
+            seed=config.data.shuffle_seed,
+            worker_count=config.data.worker_count,
+        )
+        data_iterator = iter(loader)
+
+    manager = checkpoint.checkpoint_manager(folder, keep=train_config.keep_checkpoints)
+    start = checkpoint.restore(manager, model, optimizer, data_iterator) or 0
+    if start:
+        log.info("resumed %s from step %d", stage, start)
+    step_fn, graphdef, state, frozen_state = compile_ready_step(
+        config, stage, model, optimizer, frozen, mesh
+    )
+    frames_sharding = batch_sharding(mesh)
+    base_key = jax.random.key(config.seed + 1)
+
+    writer = MetricWriter(folder, enabled=is_writer)
+    metrics, history = {}, []
+    clip_frames = None
+    bar = tqdm(
+        total=train_config.steps, initial=start, desc=stage, disable=not (progress and is_writer)
+    )
+    tick, tick_step = time.perf_counter(), start
+    last_saved = start
+    try:
+        with _StopRequest() as stop:
+            for step in range(start, train_config.steps):
+                local = next(data_iterator)
+                clip_frames = local.shape[1]
+                frames = jax.make_array_from_process_local_data(frames_sharding, local)
+                state, step_metrics = step_fn(
+                    state, frozen_state, frames, jax.random.fold_in(base_key, step)
+                )
+                loss = float(step_metrics["loss"])
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"{stage} loss became {loss} at step {step + 1}; stopped without saving. "
+                        f"The last good checkpoint (step {last_saved}) is in {folder / 'checkpoints'}"
+                    )
+                done = step + 1
+                bar.update(1)
+                if done % train_config.log_every == 0 or done == train_config.steps:
+                    now = time.perf_counter()
+                    rate = (done - tick_step) * train_config.batch_size * clip_frames / (now - tick)
+                    tick, tick_step = now, done
+                    metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                    metrics["frames_per_second"] = rate
+                    writer.scalars(done, metrics)
+                    history.append(dict(metrics, step=done))
+                    bar.set_postfix(loss=f"{loss:.4f}", fps=f"{rate:.0f}")
+                    if metrics.get("code_usage_max", 0.0) > 0.9:
+                        log.warning(
+                            "step %d: one latent action explains %.0f%% of transitions "
+                            "(the LAM may be collapsing)",
+                            done,
+                            100 * metrics["code_usage_max"],
+                        )
+                if train_config.image_every and (
+                    done % train_config.image_every == 0 or done == train_config.steps
+                ):
+                    _save_images(writer, stage, graphdef, state, frozen, local, base_key, done)
+                stopping = stop.signal is not None
+                if done % train_config.checkpoint_every == 0 or done == train_config.steps or stopping:
+                    model, optimizer = nnx.merge(graphdef, state)
+                    checkpoint.save(manager, done, model, optimizer, data_iterator)
+                    last_saved = done
+                if stopping:
+                    log.warning("%s received: saved step %d in %s", stop.signal, done, folder)
+                    break
+    finally:
+        bar.close()
+        writer.close()
+        manager.close()
+    return {"metrics": metrics, "history": history, "folder": folder}
+
+
+def _save_images(writer, stage, graphdef, state, frozen, frames, base_key, step):
+    spec = STAGE_SPECS[stage]
+    if spec.images is None or not writer.enabled:
+        return
+    model, _ = nnx.merge(graphdef, state)
+    image = spec.images(model, frozen, np.asarray(frames), jax.random.fold_in(base_key, -step))
+    writer.image(step, stage, image)
+
+
+def parse_args(argv: list[str]) -> tuple[Stage, Config]:
+    """`STAGE --config FILE [--run-dir D] [tyro overrides such as --train-lam.steps 10]`."""
+    import tyro
+
+    parser = argparse.ArgumentParser(
+        prog="genie train",
+        description="Train one stage of genie. Any Config field can be overridden, e.g. "
+        "--tokenizer.num-codes 512 --train-tokenizer.batch-size 16 "
+        "(`--config FILE --help` lists them all).",
+        add_help=False,
+    )
+    parser.add_argument("stage", choices=STAGES, nargs="?")
+    parser.add_argument(
+        "--config", default="coinrun_tiny", help="experiment name or .py file (default coinrun_tiny)"
+    )
+    parser.add_argument("-h", "--help", action="store_true")
+    known, rest = parser.parse_known_args(argv)
+    if known.stage is None:
+        parser.print_help()
+        raise SystemExit(0 if known.help else 2)
+    default = load_experiment(known.config)
+    if known.help:
+        rest = [*rest, "--help"]
+    config = tyro.cli(Config, default=default, args=rest, prog=f"genie train {known.stage}")
+    return known.stage, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    stage, config = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = train(config, stage)
+    except NonFiniteLossError as error:
+        raise SystemExit(f"error: {error}") from None
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{stage} trained: {result['folder']}")
+
+
+if __name__ == "__main__":
+    main()

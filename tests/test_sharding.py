@@ -1,0 +1,65 @@
+"""Data-parallel and FSDP training on four simulated CPU devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genie.sharding import parameter_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = """
+import json, sys
+import jax
+from flax import nnx
+import genie.sharding
+from genie.sharding import make_mesh, state_shardings
+from genie.stages import build_model
+from genie.train import train
+from genie.writer import read_metrics
+from tests.conftest import moving_square_clips, synthetic_iterator, tiny_config
+config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp")
+genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
+shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
+                            make_mesh(), fsdp=config.fsdp)
+sharded = sum(any(axis is not None for axis in s.spec) for s in jax.tree.leaves(shardings))
+result = train(config, "tokenizer", data_iterator=synthetic_iterator(moving_square_clips(16), 4),
+               progress=False)
+print(json.dumps({"devices": jax.device_count(), "sharded": sharded,
+                  "losses": [m["loss"] for m in read_metrics(config.run_path / "tokenizer")]}))
+"""
+
+
+def _run(tmp_path, devices: int, mode: str) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / f"{mode}{devices}"), mode],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_parameter_spec_rules():
+    assert parameter_spec((256, 128), devices=4, fsdp=False) == ()
+    assert tuple(parameter_spec((256, 128), devices=4, fsdp=True)) == ("data", None)
+    assert tuple(parameter_spec((6, 4096), devices=4, fsdp=True)) == (None, "data")
+    assert tuple(parameter_spec((8,), devices=4, fsdp=True)) == ()  # too small to split
+    assert tuple(parameter_spec((129, 127), devices=4, fsdp=True)) == ()  # nothing divides
+
+
+@pytest.mark.parametrize("mode", ["dp", "fsdp"])
+def test_four_devices_train_like_one(tmp_path, mode):
+    one = _run(tmp_path, 1, "dp")
+    four = _run(tmp_path, 4, mode)
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert (four["sharded"] > 0) == (mode == "fsdp")
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-4)
