@@ -1,0 +1,16 @@
+"""Procgen CoinRun, the Genie paper's reference dataset (see builder.py).
+
+`build_coinrun` is imported lazily so that generation workers start without TFDS.
+"""
+
+
+def build_coinrun(*args, **kwargs):
+    from data_pipelines.coinrun.builder import build_coinrun
+
+    return build_coinrun(*args, **kwargs)
+
+
+def summarize(name, data_dir=None):
+    from data_pipelines.storage import summarize
+
+    return summarize(name, data_dir)

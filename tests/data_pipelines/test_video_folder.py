@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+
+from data_pipelines import loader
+from data_pipelines.video_folder import build_video_folder
+from data_pipelines.video_folder.sources import ClipSettings, select_clips
+from tests.data_pipelines.conftest import VIDEO_CLIP_FRAMES, VIDEO_SIZE, moving_square
+
+
+def _report(video_data):
+    return json.loads((video_data[2] / "build_report.json").read_text())
+
+
+def test_clips_from_videos_and_image_folder(video_data):
+    name, data_dir, _ = video_data
+    info = loader.dataset_info(name, data_dir=data_dir)
+    assert not info["has_actions"]
+    assert info["image_size"] == (VIDEO_SIZE, VIDEO_SIZE)
+    sources = set()
+    for split in info["splits"]:
+        clips = loader.read_clips(name, split, data_dir=data_dir)
+        assert clips["frames"].dtype == np.uint8
+        assert clips["frames"].shape[1:] == (VIDEO_CLIP_FRAMES, VIDEO_SIZE, VIDEO_SIZE, 3)
+        sources |= {s.decode() for s in clips["source"]}
+    assert {"moving.mp4", "nested/moving_fast.avi", "frames", "cut.mp4"} <= sources
+    batch = next(
+        iter(
+            loader.make_loader(
+                name,
+                split=next(iter(info["splits"])),
+                batch_size=1,
+                data_dir=data_dir,
+                process_index=0,
+                process_count=1,
+            )
+        )
+    )
+    assert type(batch) is np.ndarray and batch.shape == (1, VIDEO_CLIP_FRAMES, 16, 16, 3)
+
+
+def test_splits_are_disjoint_by_source(video_data):
+    name, data_dir, _ = video_data
+    info = loader.dataset_info(name, data_dir=data_dir)
+    assert len(info["splits"]) >= 2
+    seen = {}
+    for split in info["splits"]:
+        for source in set(loader.read_clips(name, split, data_dir=data_dir)["source"].tolist()):
+            assert seen.setdefault(source, split) == split
+
+
+def test_corrupt_and_truncated_files_are_reported_by_name(video_data):
+    report = _report(video_data)
+    assert set(report["failed"]) == {"corrupt.mp4", "truncated.mp4"}
+    text = (video_data[2] / "build_report.txt").read_text()
+    assert "corrupt.mp4" in text and "truncated.mp4" in text
+
+
+def test_static_and_scene_cut_clips_are_dropped(video_data):
+    by_source = {s["source"]: s for s in _report(video_data)["sources"]}
+    assert by_source["static.mp4"]["clips"] == 0 and by_source["static.mp4"]["static_clips"] > 0
+    assert by_source["cut.mp4"]["scene_cut_clips"] > 0 and by_source["cut.mp4"]["clips"] > 0
+    assert (
+        by_source["moving.mp4"]["static_clips"] == by_source["moving.mp4"]["scene_cut_clips"] == 0
+    )
+
+
+def test_select_clips_thresholds():
+    settings = ClipSettings(clip_frames=4, stride=4)
+    moving = moving_square(8, size=16, step=2)
+    static = np.repeat(moving[:1], 8, axis=0)
+    cut = moving.copy()
+    cut[6:] = 255 - cut[6:]
+    assert select_clips(np.concatenate([moving, static, cut]), settings) == ([0, 4, 16], 2, 1)
+
+
+def test_empty_folder_is_an_error_naming_it(tmp_path):
+    (tmp_path / "notes.txt").write_text("no videos here")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        build_video_folder(tmp_path, "empty", data_dir=tmp_path / "data", workers=1, verbose=False)
+
+
+def test_folder_of_only_corrupt_video_is_an_error_naming_it(tmp_path):
+    source = tmp_path / "bad"
+    source.mkdir()
+    (source / "broken.webm").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(ValueError, match="no decodable video") as error:
+        build_video_folder(source, "bad", data_dir=tmp_path / "data", workers=1, verbose=False)
+    assert str(source) in str(error.value) and "broken.webm" in str(error.value)
+    assert not (tmp_path / "data" / "bad").exists()
