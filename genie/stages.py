@@ -20,6 +20,7 @@ from genie.models.dynamics import DynamicsModel, dynamics_loss
 from genie.models.lam import LatentActionModel, lam_images, lam_loss
 from genie.models.maskgit import rollout
 from genie.models.tokenizer import VideoTokenizer, tokenizer_images, tokenizer_loss
+from genie.plots import image_grid
 
 
 def build_model(config: Config, stage: str, rngs: nnx.Rngs) -> nnx.Module:
@@ -79,6 +80,7 @@ def dynamics_images(model, frozen, frames, key, *, context: int = 2, clips: int 
         tokens[:, :context],
         actions[:, context - 1 :],
         key,
+        prompt_actions=actions[:, : context - 1],
         steps=config.maskgit_steps,
         temperature=config.temperature,
     )
@@ -86,18 +88,7 @@ def dynamics_images(model, frozen, frames, key, *, context: int = 2, clips: int 
     real = np.asarray(frames)
     fake = np.asarray(jnp.clip(video * 255.0 + 0.5, 0, 255)).astype(np.uint8)
     rows = np.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])  # real/generated pairs
-    return _grid(rows)
-
-
-def _grid(rows: np.ndarray, pad: int = 2) -> np.ndarray:
-    """(R, C, H, W, 3) uint8 -> one image with a white gutter."""
-    r, c, h, w, _ = rows.shape
-    image = np.full((r * (h + pad) + pad, c * (w + pad) + pad, 3), 255, np.uint8)
-    for i in range(r):
-        for j in range(c):
-            top, left = pad + i * (h + pad), pad + j * (w + pad)
-            image[top : top + h, left : left + w] = rows[i, j]
-    return image
+    return image_grid(rows)
 
 
 STAGE_SPECS: dict[str, Stage] = {

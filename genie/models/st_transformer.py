@@ -58,6 +58,34 @@ class Attention(nnx.Module):
         attended = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
         return self.out(attended.reshape(*lead, length, width))
 
+    def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(..., L, D) -> keys, values, each (M, L, heads, D/heads) with M the flattened lead axes.
+
+        Exactly the keys and values `__call__` attends to, for a key/value cache.
+        """
+        length, width = x.shape[-2:]
+        qkv = self.qkv(x).reshape(-1, length, 3, self.heads, width // self.heads)
+        return qkv[:, :, 1], qkv[:, :, 2]
+
+    def attend_to_cache(
+        self, x: jax.Array, keys: jax.Array, values: jax.Array, index: jax.Array
+    ) -> jax.Array:
+        """One new position attending causally to a key/value cache.
+
+        x: (..., 1, D), the input at position `index` (a traced scalar); keys, values:
+        (M, L, heads, D/heads) from `keys_values`, valid at positions < index (later ones may
+        hold anything). x's own key and value are written at `index`, and it attends to
+        positions <= index: the same result as row `index` of a causal `__call__`.
+        """
+        lead, width = x.shape[:-2], x.shape[-1]
+        qkv = self.qkv(x).reshape(-1, 1, 3, self.heads, width // self.heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+        visible = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # (1, 1, 1, L)
+        attended = jax.nn.dot_product_attention(q, keys, values, mask=visible)
+        return self.out(attended.reshape(*lead, 1, width))
+
 
 class MLP(nnx.Module):
     def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -92,6 +120,27 @@ class STBlock(nnx.Module):
         x = x + self.spatial_attention(self.spatial_norm(x).astype(self.dtype), causal=False)
         x = rearrange(x, "b t n d -> b n t d")
         x = x + self.temporal_attention(self.temporal_norm(x).astype(self.dtype), causal=True)
+        x = rearrange(x, "b n t d -> b t n d")
+        return x + self.mlp(self.mlp_norm(x).astype(self.dtype))
+
+    def prefill(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """`__call__`, also returning its temporal keys and values (B*N, T, heads, D/heads)."""
+        x = x + self.spatial_attention(self.spatial_norm(x).astype(self.dtype), causal=False)
+        x = rearrange(x, "b t n d -> b n t d")
+        normed = self.temporal_norm(x).astype(self.dtype)
+        cache = self.temporal_attention.keys_values(normed)
+        x = x + self.temporal_attention(normed, causal=True)
+        x = rearrange(x, "b n t d -> b t n d")
+        return x + self.mlp(self.mlp_norm(x).astype(self.dtype)), cache
+
+    def decode_frame(
+        self, x: jax.Array, cache: tuple[jax.Array, jax.Array], frame_index: jax.Array
+    ) -> jax.Array:
+        """(B, 1, N, D) at time `frame_index` -> (B, 1, N, D), attending to the cached frames."""
+        x = x + self.spatial_attention(self.spatial_norm(x).astype(self.dtype), causal=False)
+        x = rearrange(x, "b t n d -> b n t d")
+        normed = self.temporal_norm(x).astype(self.dtype)
+        x = x + self.temporal_attention.attend_to_cache(normed, *cache, frame_index)
         x = rearrange(x, "b n t d -> b t n d")
         return x + self.mlp(self.mlp_norm(x).astype(self.dtype))
 
@@ -137,10 +186,48 @@ class STTransformer(nnx.Module):
         if patches != self.num_patches:
             raise ValueError(f"expected {self.num_patches} patches per frame, got {patches}")
         if frames > self.max_frames:
-            raise ValueError(f"got {frames} frames; this model was built for at most {self.max_frames}")
+            raise ValueError(
+                f"got {frames} frames; this model was built for at most {self.max_frames}"
+            )
         x = self.input_projection(x.astype(self.dtype))
         position = self.temporal_position[:frames, None, :] + self.spatial_position[None, :, :]
         x = x + position.astype(x.dtype)
         for block in self.blocks:
             x = block(x)
+        return self.output_projection(self.final_norm(x).astype(self.dtype))
+
+    # Key/value cache for decoding one frame many times against a fixed context (the dynamics
+    # model's MaskGIT steps): frames before t never change, and causality means their
+    # activations do not depend on frame t, so their temporal keys/values are computed once.
+
+    def prefill(self, x: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """(B, T, N, in_features) -> per block, temporal keys, values (B*N, T, heads, D/heads)."""
+        frames = x.shape[1]
+        if frames > self.max_frames:
+            raise ValueError(
+                f"got {frames} frames; this model was built for at most {self.max_frames}"
+            )
+        x = self.input_projection(x.astype(self.dtype))
+        position = self.temporal_position[:frames, None, :] + self.spatial_position[None, :, :]
+        x = x + position.astype(x.dtype)
+        cache = []
+        for block in self.blocks:
+            x, block_cache = block.prefill(x)
+            cache.append(block_cache)
+        return cache
+
+    def decode_frame(
+        self, x: jax.Array, frame_index: jax.Array, cache: list[tuple[jax.Array, jax.Array]]
+    ) -> jax.Array:
+        """(B, 1, N, in_features) at time `frame_index` (traced) -> (B, 1, N, out_features).
+
+        Equal (up to float rounding) to frame `frame_index` of `__call__` on the clip that
+        `prefill` saw with this frame in slot `frame_index`; the cache's later slots are ignored.
+        """
+        x = self.input_projection(x.astype(self.dtype))
+        temporal = jax.lax.dynamic_slice_in_dim(self.temporal_position[...], frame_index, 1)
+        position = temporal[:, None, :] + self.spatial_position[None, :, :]
+        x = x + position.astype(x.dtype)
+        for block, block_cache in zip(self.blocks, cache, strict=True):
+            x = block.decode_frame(x, block_cache, frame_index)
         return self.output_projection(self.final_norm(x).astype(self.dtype))

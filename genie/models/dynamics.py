@@ -1,0 +1,176 @@
+"""MaskGIT dynamics model (Genie, Bruce et al. 2024, section 2.1; Chang et al. 2022).
+
+Given the video tokens of frames 0..t and the latent actions between them, the dynamics model
+predicts the tokens of frame t+1. It is a spatiotemporal transformer over token embeddings,
+trained like MaskGIT: a random fraction of each frame's tokens is replaced by a learned [MASK]
+embedding and the model is trained to recover them. Sampling lives in `genie/models/maskgit.py`.
+
+Action alignment (the off-by-one bug of the peers, made explicit here): `actions[:, t]` is the
+latent action that turned frame t into frame t+1, so it is given to frame t+1 and to no other
+frame; frame 0 has no incoming action and gets a learned `no_action_embedding`.
+
+Action injection: rather than adding the action faintly to every token (which the peers' models
+learned to ignore), every frame carries one extra *action token* next to its N patch tokens.
+Spatial attention mixes it with the frame's patches in every block and its own position
+embedding marks it, so the action has a dedicated D-wide slot at every layer. The transformer
+therefore sees N + 1 tokens per frame; the action token's output is dropped.
+
+Axes: B batch, T time, N tokens per frame, D width, K tokenizer codebook size, A latent actions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from genie.config import DynamicsConfig
+from genie.models.st_transformer import STTransformer
+
+KVCache = list[tuple[jax.Array, jax.Array]]
+
+
+class DynamicsModel(nnx.Module):
+    def __init__(
+        self,
+        config: DynamicsConfig,
+        *,
+        num_codes: int,
+        num_actions: int,
+        num_patches: int,
+        max_frames: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        width = config.transformer.width
+        self.config = config
+        self.num_codes, self.num_actions = num_codes, num_actions
+        self.num_patches, self.max_frames = num_patches, max_frames
+        self.dtype = dtype
+        embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        init = nnx.initializers.normal(0.02)
+        self.token_embedding = nnx.Embed(num_codes, width, **embed)
+        self.mask_embedding = nnx.Param(init(rngs.params(), (width,), param_dtype))
+        self.action_embedding = nnx.Embed(num_actions, width, **embed)
+        self.no_action_embedding = nnx.Param(init(rngs.params(), (width,), param_dtype))
+        self.transformer = STTransformer(
+            width,
+            num_codes,
+            config.transformer,
+            num_patches=num_patches + 1,  # + the frame's action token
+            max_frames=max_frames,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def _check(self, tokens: jax.Array, actions: jax.Array) -> None:
+        (_, frames, patches), action_frames = tokens.shape, actions.shape[1]
+        if patches != self.num_patches:
+            raise ValueError(f"expected {self.num_patches} tokens per frame, got {patches}")
+        if action_frames != frames - 1:
+            raise ValueError(
+                f"{frames} frames need {frames - 1} actions (actions[:, t] turns frame t into "
+                f"frame t+1), got {action_frames}"
+            )
+
+    def embed_tokens(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        """(..., N) int32 token ids, (..., N) bool mask -> (..., N, D); masked ids become [MASK]."""
+        embedded = self.token_embedding(tokens)
+        return jnp.where(mask[..., None], self.mask_embedding[...].astype(embedded.dtype), embedded)
+
+    def embed_actions(self, actions: jax.Array) -> jax.Array:
+        """(B, T-1) int32 latent actions -> (B, T, 1, D) action tokens, one per frame.
+
+        Frame t+1 gets actions[:, t], the action that produced it; frame 0 gets no_action.
+        """
+        embedded = self.action_embedding(actions)
+        no_action = jnp.broadcast_to(
+            self.no_action_embedding[...].astype(embedded.dtype),
+            (actions.shape[0], 1, embedded.shape[-1]),
+        )
+        return jnp.concatenate([no_action, embedded], axis=1)[:, :, None, :]
+
+    def embed(self, tokens: jax.Array, actions: jax.Array, mask: jax.Array) -> jax.Array:
+        """(B, T, N), (B, T-1), (B, T, N) -> (B, T, N+1, D): patch tokens, then the action token."""
+        return jnp.concatenate(
+            [self.embed_tokens(tokens, mask), self.embed_actions(actions)], axis=2
+        )
+
+    def __call__(self, tokens: jax.Array, actions: jax.Array, mask: jax.Array) -> jax.Array:
+        """(B, T, N) int32 tokens, (B, T-1) int32 actions, (B, T, N) bool mask -> (B, T, N, K).
+
+        The logits are float32 whatever the compute dtype. Temporal attention is causal:
+        frame t's logits depend on frames < t, on frame t's own unmasked tokens and on
+        actions[:, :t] only.
+        """
+        self._check(tokens, actions)
+        logits = self.transformer(self.embed(tokens, actions, mask))
+        return logits[:, :, : self.num_patches].astype(jnp.float32)
+
+    def prefill(self, tokens: jax.Array, actions: jax.Array) -> KVCache:
+        """Temporal key/value cache of a clip (B, T, N) with actions (B, T-1), nothing masked.
+
+        Only the slots before the frame later passed to `decode_frame` matter.
+        """
+        self._check(tokens, actions)
+        return self.transformer.prefill(self.embed(tokens, actions, jnp.zeros(tokens.shape, bool)))
+
+    def decode_frame(
+        self,
+        frame_tokens: jax.Array,
+        frame_mask: jax.Array,
+        actions: jax.Array,
+        frame_index: jax.Array,
+        cache: KVCache,
+    ) -> jax.Array:
+        """Logits (B, N, K) fp32 of frame `frame_index` (traced scalar >= 1) from its (B, N) tokens
+        and mask, the clip's (B, T-1) actions and the `prefill` cache of the frames before it.
+
+        Equal (up to float rounding) to `self(tokens, actions, mask)[:, frame_index]`.
+        """
+        action = jax.lax.dynamic_index_in_dim(actions, frame_index - 1, axis=1, keepdims=True)
+        action_token = self.action_embedding(action)[:, :, None, :]  # (B, 1, 1, D)
+        patch_tokens = self.embed_tokens(frame_tokens, frame_mask)[:, None]  # (B, 1, N, D)
+        x = jnp.concatenate([patch_tokens, action_token.astype(patch_tokens.dtype)], axis=2)
+        logits = self.transformer.decode_frame(x, frame_index, cache)
+        return logits[:, 0, : self.num_patches].astype(jnp.float32)
+
+
+def draw_mask(key: jax.Array, shape: tuple[int, int, int], min_mask_rate: float) -> jax.Array:
+    """(B, T, N) bool training mask: Genie's mask rate r ~ U(min_mask_rate, 1) per example.
+
+    Genie (section 2.1) masks each token of frames 2..T by Bernoulli(r). Here every frame of an
+    example masks exactly ceil(r * N) of its N tokens, chosen uniformly at random: the same
+    expected rate (up to the ceil) with less variance, and never an unmasked-only frame. Frame 0
+    is never masked: it is the context every prediction starts from.
+    """
+    batch, frames, patches = shape
+    rate_key, position_key = jax.random.split(key)
+    mask_rate = jax.random.uniform(rate_key, (batch,), minval=min_mask_rate, maxval=1.0)
+    num_masked = jnp.clip(jnp.ceil(mask_rate * patches), 1, patches).astype(jnp.int32)
+    # A uniformly random permutation of each frame's tokens: the first num_masked are masked.
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(position_key, shape), axis=-1), axis=-1)
+    mask = rank < num_masked[:, None, None]
+    return mask.at[:, 0].set(False)
+
+
+def dynamics_loss(
+    model: DynamicsModel, tokens: jax.Array, actions: jax.Array, key: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MaskGIT cross-entropy (fp32) on the masked tokens of (B, T, N) tokens given (B, T-1) actions.
+
+    Returns (loss, metrics) with metrics 'loss' and 'masked_accuracy'; works under
+    `nnx.value_and_grad(dynamics_loss, has_aux=True)`.
+    """
+    mask = draw_mask(key, tokens.shape, model.config.min_mask_rate)
+    logits = model(tokens, actions, mask)
+    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    weight = mask.astype(jnp.float32)
+    num_masked = jnp.maximum(weight.sum(), 1.0)
+    loss = (cross_entropy * weight).sum() / num_masked
+    correct = (logits.argmax(-1) == tokens).astype(jnp.float32)
+    accuracy = (correct * weight).sum() / num_masked
+    return loss, {"loss": loss, "masked_accuracy": accuracy}

@@ -1,0 +1,183 @@
+"""Properties of the MaskGIT dynamics model: action alignment, causality, masking, the loss."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from genie.config import DynamicsConfig, TransformerConfig
+from genie.models.dynamics import DynamicsModel, draw_mask, dynamics_loss
+
+B, T, N, K, A = 2, 4, 6, 8, 3
+CONFIG = DynamicsConfig(transformer=TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0))
+
+
+def make_model(seed=0, config=CONFIG):
+    return DynamicsModel(
+        config, num_codes=K, num_actions=A, num_patches=N, max_frames=T, rngs=nnx.Rngs(seed)
+    )
+
+
+def make_batch(seed=0):
+    tokens_key, actions_key, mask_key = jax.random.split(jax.random.key(seed), 3)
+    tokens = jax.random.randint(tokens_key, (B, T, N), 0, K, jnp.int32)
+    actions = jax.random.randint(actions_key, (B, T - 1), 0, A, jnp.int32)
+    mask = jax.random.bernoulli(mask_key, 0.5, (B, T, N)).at[:, 0].set(False)
+    return tokens, actions, mask
+
+
+@nnx.jit
+def forward(model, tokens, actions, mask):
+    return model(tokens, actions, mask)
+
+
+jit_loss = nnx.jit(dynamics_loss)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def test_logits_shape_and_dtype(model):
+    tokens, actions, mask = make_batch()
+    logits = forward(model, tokens, actions, mask)
+    assert logits.shape == (B, T, N, K) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_action_t_conditions_frame_t_plus_1_only(model, t):
+    tokens, actions, mask = make_batch()
+    changed = actions.at[:, t].set((actions[:, t] + 1) % A)
+    before, after = forward(model, tokens, actions, mask), forward(model, tokens, changed, mask)
+    # Frames 0..t never see actions[:, t]: bitwise equal.
+    np.testing.assert_array_equal(before[:, : t + 1], after[:, : t + 1])
+    # Frame t+1 is produced by it: a clear change (the action reaches the output).
+    assert float(jnp.abs(before[:, t + 1] - after[:, t + 1]).mean()) > 1e-3
+
+
+def test_action_token_is_as_strong_as_a_context_token(model):
+    """The action has its own token per frame, not a faint additive bias: changing it moves
+    the next frame's logits comparably to changing a whole context frame's tokens."""
+    tokens, actions, mask = make_batch()
+    base = forward(model, tokens, actions, mask)
+    other_actions = (actions + 1) % A
+    action_effect = jnp.abs(base[:, 1] - forward(model, tokens, other_actions, mask)[:, 1]).mean()
+    context = tokens.at[:, 0].set((tokens[:, 0] + 1) % K)
+    context_effect = jnp.abs(base[:, 1] - forward(model, context, actions, mask)[:, 1]).mean()
+    assert float(action_effect) > 0.1 * float(context_effect)
+
+
+@pytest.mark.parametrize("t", [0, 1, 2])
+def test_future_tokens_do_not_reach_the_past(model, t):
+    tokens, actions, mask = make_batch()
+    changed = tokens.at[:, t + 1].set((tokens[:, t + 1] + 3) % K)
+    before, after = forward(model, tokens, actions, mask), forward(model, changed, actions, mask)
+    np.testing.assert_array_equal(before[:, : t + 1], after[:, : t + 1])
+    assert not np.array_equal(before[:, t + 1], after[:, t + 1])
+
+
+def test_masked_tokens_are_hidden(model):
+    """A masked position's token id must not leak into any logit."""
+    tokens, actions, mask = make_batch()
+    scrambled = jnp.where(mask, (tokens + 5) % K, tokens)
+    np.testing.assert_array_equal(
+        forward(model, tokens, actions, mask), forward(model, scrambled, actions, mask)
+    )
+
+
+def test_draw_mask_matches_the_drawn_rate():
+    shape, min_rate = (64, T, 16), 0.5
+    key = jax.random.key(3)
+    mask = np.asarray(draw_mask(key, shape, min_rate))
+    assert not mask[:, 0].any(), "frame 0 is context and must never be masked"
+    # Recompute the per-example rate the same way: ceil(r * N) masked tokens in every frame.
+    rate_key, _ = jax.random.split(key)
+    rate = np.asarray(jax.random.uniform(rate_key, (shape[0],), minval=min_rate, maxval=1.0))
+    expected = np.array([math.ceil(r * shape[2]) for r in rate])
+    counts = mask[:, 1:].sum(-1)  # (B, T-1)
+    np.testing.assert_array_equal(counts, np.repeat(expected[:, None], shape[1] - 1, axis=1))
+    assert counts.min() >= math.ceil(min_rate * shape[2])
+    assert abs(rate.mean() - 0.75) < 0.06  # U(0.5, 1)
+    # Positions differ between frames and examples (not a fixed pattern).
+    assert len({mask[i, t].tobytes() for i in range(8) for t in range(1, shape[1])}) > 8
+
+
+def test_loss_is_cross_entropy_on_masked_tokens_only(model):
+    tokens, actions, _ = make_batch()
+    key = jax.random.key(7)
+    loss, metrics = jit_loss(model, tokens, actions, key)
+    mask = np.asarray(draw_mask(key, tokens.shape, CONFIG.min_mask_rate))
+    logits = np.asarray(forward(model, tokens, actions, jnp.asarray(mask)), np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, np.asarray(tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(loss), -picked[mask].mean(), rtol=1e-5)
+    accuracy = (logits.argmax(-1) == np.asarray(tokens))[mask].mean()
+    np.testing.assert_allclose(float(metrics["masked_accuracy"]), accuracy, rtol=1e-6)
+    assert float(metrics["loss"]) == float(loss)
+
+
+def test_value_and_grad_under_jit(model):
+    tokens, actions, _ = make_batch()
+
+    @nnx.jit
+    def grads_of(model, tokens, actions, key):
+        return nnx.value_and_grad(dynamics_loss, has_aux=True)(model, tokens, actions, key)
+
+    (loss, metrics), grads = grads_of(model, tokens, actions, jax.random.key(0))
+    assert np.isfinite(float(loss)) and set(metrics) == {"loss", "masked_accuracy"}
+    leaves = jax.tree.leaves(grads)
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+    assert float(jnp.abs(grads.action_embedding.embedding[...]).sum()) > 0
+    assert float(jnp.abs(grads.mask_embedding[...]).sum()) > 0
+
+
+@pytest.mark.parametrize("frame_index", [1, 2, 3])
+def test_cached_decode_matches_full_forward(model, frame_index):
+    tokens, actions, mask = make_batch()
+    frame_mask = mask[:, frame_index]
+    only_this_frame = jnp.zeros_like(mask).at[:, frame_index].set(frame_mask)
+    full = forward(model, tokens, actions, only_this_frame)
+    # Slots from frame_index on are irrelevant to the cache: fill them with other tokens.
+    junk = tokens.at[:, frame_index:].set((tokens[:, frame_index:] + 1) % K)
+
+    @nnx.jit
+    def decode(model, frame_index):
+        cache = model.prefill(junk, actions)
+        return model.decode_frame(tokens[:, frame_index], frame_mask, actions, frame_index, cache)
+
+    decoded = decode(model, jnp.int32(frame_index))
+    np.testing.assert_allclose(decoded, full[:, frame_index], atol=1e-5, rtol=1e-5)
+
+
+def test_overfits_a_tiny_batch():
+    shallow = dataclasses.replace(CONFIG.transformer, depth=1)  # compiles faster, learns as well
+    model = make_model(seed=1, config=dataclasses.replace(CONFIG, transformer=shallow))
+    tokens, actions, _ = make_batch(seed=1)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, key):
+        grad_fn = nnx.value_and_grad(dynamics_loss, has_aux=True)
+        (loss, _), grads = grad_fn(model, tokens, actions, key)
+        optimizer.update(model, grads)
+        return loss
+
+    eval_key = jax.random.key(123)
+    initial = float(jit_loss(model, tokens, actions, eval_key)[0])
+    for step in range(50):
+        train_step(model, optimizer, jax.random.fold_in(jax.random.key(0), step))
+    final = float(jit_loss(model, tokens, actions, eval_key)[0])
+    assert final < 0.5 * initial, (initial, final)
+
+
+def test_rejects_misaligned_actions(model):
+    tokens, actions, mask = make_batch()
+    with pytest.raises(ValueError, match="need 3 actions"):
+        forward(model, tokens, jnp.concatenate([actions, actions[:, :1]], axis=1), mask)
