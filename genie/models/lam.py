@@ -1,0 +1,202 @@
+"""Latent action model (Genie, Bruce et al. 2024, section 2.1).
+
+From the pixels of a clip x_1..x_T, infer one discrete latent action a_t per transition
+x_t -> x_{t+1}, with no access to the true actions. Training is a reconstruction game: a decoder
+that sees only the past x_1..x_t and the quantised a_t must predict x_{t+1}, so whatever the past
+cannot explain about the next frame has to pass through a codebook of |A| codes (6 for CoinRun),
+a bottleneck of log2 |A| bits that is far too small to smuggle the frame itself.
+
+Design:
+- Encoder: causal ST transformer over the patches of x_1..x_T. Frame t+1's outputs have seen
+  x_1..x_{t+1}; mean-pooled over patches and projected to code_dim, they are the continuous
+  latent of transition t, which the VQ turns into the action id. So actions[:, t] depends only on
+  frames[:, :t+2].
+- Decoder: causal ST transformer over the patches of x_1..x_{T-1}. Every patch token of frame t
+  receives the quantised a_t (concatenated to the patch before the input projection, i.e. a
+  learned projection of a_t added to every token, scaled so it carries as much energy as the
+  pixels), and frame t's outputs predict the change x_{t+1} - x_t. The prediction of x_{t+1}
+  therefore depends on x_1..x_t and a_1..a_t only.
+
+Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, D width, E code_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import repeat
+from flax import nnx
+
+from genie.config import LAMConfig
+from genie.models.st_transformer import STTransformer, patchify, unpatchify
+from genie.models.tokenizer import (
+    CHANNELS,
+    check_frames,
+    frame_grid,
+    frames_to_unit,
+    psnr,
+    shrink_output,
+)
+from genie.models.vq import VectorQuantizer
+
+
+class LatentActionModel(nnx.Module):
+    def __init__(
+        self,
+        config: LAMConfig,
+        *,
+        image_size: int,
+        max_frames: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if image_size % config.patch_size:
+            raise ValueError(
+                f"image size {image_size} does not divide into patches of {config.patch_size}"
+            )
+        if max_frames < 2:
+            raise ValueError(f"a latent action needs two frames; max_frames is {max_frames}")
+        self.image_size, self.patch_size = image_size, config.patch_size
+        self.num_patches = (image_size // config.patch_size) ** 2
+        self.num_actions = config.num_codes
+        self.code_dim = config.code_dim
+        patch_dim = config.patch_size**2 * CHANNELS
+        kw = dict(num_patches=self.num_patches, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        width = config.encoder.width
+        self.encoder = STTransformer(patch_dim, width, config.encoder, max_frames=max_frames, **kw)
+        self.action_projection = nnx.Linear(
+            width, config.code_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.vq = VectorQuantizer(
+            config.num_codes,
+            config.code_dim,
+            commitment_weight=config.commitment_weight,
+            dead_code_steps=config.dead_code_steps,
+            rngs=rngs,
+        )
+        self.decoder = STTransformer(
+            patch_dim + config.code_dim, patch_dim, config.decoder, max_frames=max_frames - 1, **kw
+        )
+        # Start close to "repeat the last frame" instead of adding unit-scale noise to it.
+        shrink_output(self.decoder)
+
+    def _check(self, frames: jax.Array) -> None:
+        check_frames(frames, self.image_size, "the latent action model")
+        if frames.shape[1] < 2:
+            raise ValueError(f"inferring actions needs at least 2 frames, got {frames.shape[1]}")
+
+    def encode(self, frames: jax.Array) -> jax.Array:
+        """(B, T, H, W, C) uint8 -> (B, T-1, E) continuous latent actions."""
+        self._check(frames)
+        pixels = frames_to_unit(frames) * 2.0 - 1.0
+        features = self.encoder(patchify(pixels, self.patch_size))  # (B, T, N, D)
+        # Transition t -> t+1 is read at frame t+1, whose outputs have seen x_1..x_{t+1}.
+        return self.action_projection(features[:, 1:].mean(axis=2))
+
+    def decode(self, frames: jax.Array, latent_actions: jax.Array) -> jax.Array:
+        """Frames (B, T, H, W, C) uint8 and (B, T-1, E) unit-norm actions -> (B, T-1, H, W, C).
+
+        Output t predicts frames[:, t+1] from frames[:, :t+1] and latent_actions[:, :t+1].
+        """
+        context = frames_to_unit(frames[:, :-1])
+        patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
+        # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
+        # magnitude so the action is not a faint whisper next to P*P*C pixel values.
+        action = latent_actions.astype(jnp.float32) * math.sqrt(self.code_dim)
+        action = repeat(action, "b t e -> b t n e", n=self.num_patches)
+        delta = self.decoder(jnp.concatenate([patches, action], axis=-1)).astype(jnp.float32)
+        size = self.image_size
+        return context + unpatchify(delta, self.patch_size, size, size)
+
+    def infer_actions(self, frames: jax.Array) -> jax.Array:
+        """(B, T, H, W, C) uint8 -> (B, T-1) int32; actions[:, t] explains frame t -> t+1."""
+        _, actions, _ = self.vq(self.encode(frames), training=False)
+        return actions
+
+    def reconstruct(self, frames: jax.Array, actions: jax.Array) -> jax.Array:
+        """(B, T, H, W, C) uint8 frames, (B, T-1) int32 actions -> predictions of frames[:, 1:]."""
+        self._check(frames)
+        expected = (frames.shape[0], frames.shape[1] - 1)
+        if actions.shape != expected:
+            raise ValueError(f"expected actions of shape {expected}, got {tuple(actions.shape)}")
+        if not isinstance(actions, jax.core.Tracer):
+            low, high = int(jnp.min(actions)), int(jnp.max(actions))
+            k = self.num_actions
+            if low < 0 or high >= k:
+                bad = low if low < 0 else high
+                raise ValueError(
+                    f"action {bad} is outside the codebook of {k} latent actions (0..{k - 1})"
+                )
+        return self.decode(frames, self.vq.lookup(actions))
+
+    def __call__(
+        self, frames: jax.Array, *, training: bool = False, key: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
+        """(B, T, H, W, C) uint8 -> reconstruction (B, T-1, H, W, C), actions (B, T-1), VQ aux."""
+        quantized, actions, aux = self.vq(self.encode(frames), training=training, key=key)
+        return {"reconstruction": self.decode(frames, quantized), "actions": actions, **aux}
+
+    def reset_dead_codes(self, key: jax.Array) -> jax.Array:
+        return self.vq.reset_dead_codes(key)
+
+
+def lam_loss(
+    model: LatentActionModel, frames: jax.Array, key: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """MSE of the predicted next frames + VQ terms on a (B, T, H, W, C) uint8 batch (training).
+
+    'action_gain' is the MSE under uniformly random actions minus the MSE under the inferred
+    ones (no gradient): above 0 means the decoder uses the action.
+    """
+    vq_key, action_key = jax.random.split(key)
+    out = model(frames, training=True, key=vq_key)
+    target = frames_to_unit(frames[:, 1:])
+    mse = jnp.mean((out["reconstruction"] - target) ** 2)
+    loss = mse + out["codebook_loss"] + out["commitment_loss"]
+
+    random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)
+    random_prediction = jax.lax.stop_gradient(model.reconstruct(frames, random_actions))
+    random_mse = jnp.mean((random_prediction - target) ** 2)
+    usage = out["usage"]
+    metrics = {
+        "loss": loss,
+        "mse": mse,
+        "psnr": psnr(mse),
+        "codebook_loss": out["codebook_loss"],
+        "commitment_loss": out["commitment_loss"],
+        "perplexity": out["perplexity"],
+        "code_usage_max": jnp.max(usage) / jnp.maximum(jnp.sum(usage), 1),
+        "action_gain": random_mse - jax.lax.stop_gradient(mse),
+    }
+    return loss, metrics
+
+
+@nnx.jit
+def _predictions(model: LatentActionModel, frames: jax.Array, key: jax.Array):
+    """Predictions of frames[:, 1:] under the inferred and under uniformly random actions."""
+    actions = model.infer_actions(frames)
+    random_actions = jax.random.randint(key, actions.shape, 0, model.num_actions)
+    return model.reconstruct(frames, actions), model.reconstruct(frames, random_actions)
+
+
+def lam_images(
+    model: LatentActionModel,
+    frames: jax.Array,
+    key: jax.Array | None = None,
+    max_clips: int = 2,
+    max_frames: int = 8,
+) -> np.ndarray:
+    """A PNG-ready uint8 grid; per clip three rows: the real next frames x_2..x_T, their
+    predictions under the inferred actions, and under uniformly random actions."""
+    frames = jnp.asarray(frames[:max_clips, :max_frames])
+    key = jax.random.key(0) if key is None else key
+    predicted, predicted_random = map(np.asarray, _predictions(model, frames, key))
+    real = np.asarray(frames_to_unit(frames[:, 1:]))
+    rows = []
+    for clip in range(frames.shape[0]):
+        rows += [real[clip], predicted[clip], predicted_random[clip]]
+    return frame_grid(rows)

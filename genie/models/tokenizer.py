@@ -1,0 +1,176 @@
+"""ST-ViViT VQ-VAE video tokenizer (Genie, Bruce et al. 2024, section 2.1).
+
+Frames are cut into P x P patches, encoded by a causal spatiotemporal transformer into one
+code_dim latent per patch, quantised into one of K codes, and decoded back to pixels by a second
+causal ST transformer. Because both transformers are causal in time, the tokens of frame t
+depend only on frames <= t, which is what the dynamics model needs when it extends a video.
+
+Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, E code_dim, K codes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from genie.config import TokenizerConfig
+from genie.models.st_transformer import STTransformer, patchify, unpatchify
+from genie.models.vq import VectorQuantizer
+
+CHANNELS = 3
+
+
+def frames_to_unit(frames: jax.Array) -> jax.Array:
+    """(..., H, W, C) uint8 -> float32 in [0, 1]."""
+    return frames.astype(jnp.float32) / 255.0
+
+
+def check_frames(frames: jax.Array, image_size: int, what: str) -> None:
+    if frames.ndim != 5 or frames.shape[-3:] != (image_size, image_size, CHANNELS):
+        raise ValueError(
+            f"{what} expects frames of shape (B, T, {image_size}, {image_size}, {CHANNELS}), "
+            f"got {tuple(frames.shape)}"
+        )
+
+
+def shrink_output(transformer: STTransformer, scale: float = 0.1) -> None:
+    """Scales down a pixel decoder's initial output projection: its layer-normed features times
+    a LeCun-initialised kernel give outputs of about unit scale, far outside [0, 1] pixels."""
+    kernel = transformer.output_projection.kernel
+    kernel[...] = kernel[...] * scale
+
+
+class VideoTokenizer(nnx.Module):
+    def __init__(
+        self,
+        config: TokenizerConfig,
+        *,
+        image_size: int,
+        max_frames: int,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if image_size % config.patch_size:
+            raise ValueError(
+                f"image size {image_size} does not divide into patches of {config.patch_size}"
+            )
+        self.image_size, self.patch_size = image_size, config.patch_size
+        self.num_patches = (image_size // config.patch_size) ** 2
+        self.num_codes = config.num_codes
+        patch_dim = config.patch_size**2 * CHANNELS
+        kw = dict(
+            num_patches=self.num_patches,
+            max_frames=max_frames,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.encoder = STTransformer(patch_dim, config.code_dim, config.encoder, **kw)
+        self.vq = VectorQuantizer(
+            config.num_codes,
+            config.code_dim,
+            commitment_weight=config.commitment_weight,
+            dead_code_steps=config.dead_code_steps,
+            rngs=rngs,
+        )
+        self.decoder = STTransformer(config.code_dim, patch_dim, config.decoder, **kw)
+        # Start near mid-grey instead of unit-scale noise around it.
+        shrink_output(self.decoder)
+
+    def encode(self, frames: jax.Array) -> jax.Array:
+        """(B, T, H, W, C) uint8 -> (B, T, N, E) continuous latents, causal in T."""
+        check_frames(frames, self.image_size, "the tokenizer")
+        pixels = frames_to_unit(frames) * 2.0 - 1.0
+        return self.encoder(patchify(pixels, self.patch_size))
+
+    def decode_latents(self, quantized: jax.Array) -> jax.Array:
+        """(B, T, N, E) -> (B, T, H, W, C) float32 pixels in ~[0, 1]."""
+        patches = self.decoder(quantized).astype(jnp.float32)
+        # Centre the initial output on mid-grey; no clipping, so the loss sees the raw output.
+        size = self.image_size
+        return unpatchify(patches, self.patch_size, size, size) + 0.5
+
+    def tokenize(self, frames: jax.Array) -> jax.Array:
+        """(B, T, H, W, C) uint8 frames -> (B, T, N) int32 token ids. No state changes."""
+        _, indices, _ = self.vq(self.encode(frames), training=False)
+        return indices
+
+    def decode(self, tokens: jax.Array) -> jax.Array:
+        """(B, T, N) int32 token ids -> (B, T, H, W, C) float32 frames in ~[0, 1]."""
+        if tokens.ndim != 3 or tokens.shape[-1] != self.num_patches:
+            raise ValueError(
+                f"expected tokens of shape (B, T, {self.num_patches}), got {tuple(tokens.shape)}"
+            )
+        return self.decode_latents(self.vq.lookup(tokens))
+
+    def __call__(
+        self, frames: jax.Array, *, training: bool = False, key: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
+        """(B, T, H, W, C) uint8 -> reconstruction (B, T, H, W, C), tokens (B, T, N), VQ aux."""
+        quantized, tokens, aux = self.vq(self.encode(frames), training=training, key=key)
+        return {"reconstruction": self.decode_latents(quantized), "tokens": tokens, **aux}
+
+    def reset_dead_codes(self, key: jax.Array) -> jax.Array:
+        return self.vq.reset_dead_codes(key)
+
+
+def psnr(mse: jax.Array) -> jax.Array:
+    """Pooled PSNR in dB of [0, 1] pixels from a mean squared error."""
+    return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def tokenizer_loss(
+    model: VideoTokenizer, frames: jax.Array, key: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Pixel MSE + codebook + commitment loss on a (B, T, H, W, C) uint8 batch (training)."""
+    out = model(frames, training=True, key=key)
+    mse = jnp.mean((out["reconstruction"] - frames_to_unit(frames)) ** 2)
+    loss = mse + out["codebook_loss"] + out["commitment_loss"]
+    metrics = {
+        "loss": loss,
+        "mse": mse,
+        "psnr": psnr(mse),
+        "codebook_loss": out["codebook_loss"],
+        "commitment_loss": out["commitment_loss"],
+        "codebook_usage": jnp.mean(out["usage"] > 0),
+        "perplexity": out["perplexity"],
+    }
+    return loss, metrics
+
+
+def frame_grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Rows of (T, H, W, C) float frames in [0, 1] -> one (rows*H, T*W, C) uint8 image.
+
+    Rows and frames are separated by `gap` white pixels.
+    """
+    num_frames = max(row.shape[0] for row in rows)
+    height, width = rows[0].shape[1:3]
+    grid = np.full(
+        (len(rows) * (height + gap) - gap, num_frames * (width + gap) - gap, CHANNELS),
+        255,
+        np.uint8,
+    )
+    for r, row in enumerate(rows):
+        pixels = np.round(np.clip(np.asarray(row, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+        for t, frame in enumerate(pixels):
+            y, x = r * (height + gap), t * (width + gap)
+            grid[y : y + height, x : x + width] = frame
+    return grid
+
+
+@nnx.jit
+def _reconstruct(model: VideoTokenizer, frames: jax.Array) -> jax.Array:
+    return model.decode(model.tokenize(frames))
+
+
+def tokenizer_images(
+    model: VideoTokenizer, frames: jax.Array, max_clips: int = 4, max_frames: int = 8
+) -> np.ndarray:
+    """A PNG-ready uint8 grid: original clips in the top rows, reconstructions below."""
+    frames = jnp.asarray(frames[:max_clips, :max_frames])
+    reconstruction = np.asarray(_reconstruct(model, frames))
+    originals = np.asarray(frames_to_unit(frames))
+    return frame_grid(list(originals) + list(reconstruction))

@@ -1,0 +1,64 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from genie.config import TransformerConfig
+from genie.models.st_transformer import STTransformer, patchify, unpatchify
+
+TINY = TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0)
+# One compiled program per input shape is much faster on CPU than op-by-op dispatch.
+forward = nnx.jit(lambda model, x: model(x))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return STTransformer(6, 5, TINY, num_patches=4, max_frames=6, rngs=nnx.Rngs(0))
+
+
+def test_future_frames_leave_past_outputs_bitwise_unchanged(model):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 6))
+    base = np.asarray(forward(model, x))
+    for t in range(3):
+        perturbed = x.at[:, t + 1 :].add(jax.random.normal(jax.random.key(t + 1), (2, 3 - t, 4, 6)))
+        out = np.asarray(forward(model, perturbed))
+        np.testing.assert_array_equal(out[:, : t + 1], base[:, : t + 1])
+        assert not np.allclose(out[:, t + 1], base[:, t + 1])  # the change is seen later
+
+
+def test_extra_frames_do_not_change_the_first_frames(model):
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 6))
+    extra = jax.random.normal(jax.random.key(1), (2, 2, 4, 6))
+    short = forward(model, x)
+    long = forward(model, jnp.concatenate([x, extra], axis=1))
+    assert long.shape == (2, 5, 4, 5)
+    np.testing.assert_allclose(long[:, :3], short, atol=1e-5, rtol=1e-5)
+
+
+def test_patches_mix_within_a_frame(model):
+    x = jax.random.normal(jax.random.key(0), (1, 2, 4, 6))
+    out = forward(model, x.at[:, :, 0].add(1.0))
+    # Spatial attention is not causal: a change in patch 0 reaches the other patches.
+    assert not np.allclose(out[:, :, 1:], forward(model, x)[:, :, 1:])
+
+
+def test_patchify_round_trip_is_exact_and_row_major():
+    frames = jax.random.randint(jax.random.key(0), (2, 3, 8, 12, 3), 0, 256).astype(jnp.uint8)
+    patches = patchify(frames, 4)
+    assert patches.shape == (2, 3, 6, 48)
+    np.testing.assert_array_equal(patches[:, :, 1].reshape(2, 3, 4, 4, 3), frames[:, :, :4, 4:8])
+    np.testing.assert_array_equal(patches[:, :, 3].reshape(2, 3, 4, 4, 3), frames[:, :, 4:8, :4])
+    np.testing.assert_array_equal(unpatchify(patches, 4, 8, 12), frames)
+
+
+def test_frames_not_divisible_by_the_patch_size_are_a_clear_error():
+    with pytest.raises(ValueError, match="do not divide into patches"):
+        patchify(jnp.zeros((1, 1, 10, 8, 3)), 4)
+
+
+def test_too_many_frames_or_wrong_patch_count_are_clear_errors(model):
+    with pytest.raises(ValueError, match="at most 6"):
+        model(jnp.zeros((1, 7, 4, 6)))
+    with pytest.raises(ValueError, match="expected 4 patches"):
+        model(jnp.zeros((1, 2, 5, 6)))

@@ -1,0 +1,124 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from genie.config import TokenizerConfig, TransformerConfig
+from genie.models.tokenizer import VideoTokenizer, tokenizer_images, tokenizer_loss
+
+TINY = TransformerConfig(width=16, depth=1, heads=2, mlp_ratio=2.0)
+CONFIG = TokenizerConfig(
+    patch_size=4, num_codes=16, code_dim=8, encoder=TINY, decoder=TINY, dead_code_steps=5
+)
+
+
+def make_tokenizer(seed=0):
+    return VideoTokenizer(CONFIG, image_size=8, max_frames=4, rngs=nnx.Rngs(seed))
+
+
+def make_frames(seed=0, shape=(2, 4, 8, 8, 3)):
+    return jax.random.randint(jax.random.key(seed), shape, 0, 256).astype(jnp.uint8)
+
+
+tokenize = nnx.jit(lambda model, frames: model.tokenize(frames))
+
+
+@nnx.jit
+def train_step(model, optimizer, frames, key):
+    (loss, metrics), grads = nnx.value_and_grad(tokenizer_loss, has_aux=True)(model, frames, key)
+    optimizer.update(model, grads)
+    metrics["reset"] = model.reset_dead_codes(jax.random.fold_in(key, 1))
+    return loss, metrics
+
+
+def test_shapes_and_dtypes():
+    model = make_tokenizer()
+    assert (model.num_patches, model.num_codes, model.patch_size, model.image_size) == (4, 16, 4, 8)
+    frames = make_frames()
+    tokens = tokenize(model, frames)
+    assert tokens.shape == (2, 4, 4) and tokens.dtype == jnp.int32
+    assert tokens.min() >= 0 and tokens.max() < 16
+    decoded = nnx.jit(lambda model, tokens: model.decode(tokens))(model, tokens)
+    assert decoded.shape == (2, 4, 8, 8, 3) and decoded.dtype == jnp.float32
+    out = nnx.jit(lambda model, frames: model(frames))(model, frames)
+    np.testing.assert_array_equal(out["tokens"], tokens)
+    np.testing.assert_allclose(out["reconstruction"], decoded, atol=1e-5)
+    assert {"codebook_loss", "commitment_loss", "usage", "perplexity"} <= set(out)
+
+
+def test_tokens_are_causal_in_time():
+    model = make_tokenizer()
+    frames = make_frames()
+    latents = nnx.jit(lambda model, frames: model.encode(frames))
+    base_tokens, base_latents = tokenize(model, frames), latents(model, frames)
+    for t in range(3):
+        changed = frames.at[:, t + 1 :].set(make_frames(t + 1, (2, 3 - t, 8, 8, 3)))
+        np.testing.assert_array_equal(tokenize(model, changed)[:, : t + 1], base_tokens[:, : t + 1])
+        np.testing.assert_array_equal(latents(model, changed)[:, : t + 1], base_latents[:, : t + 1])
+        assert not np.array_equal(latents(model, changed)[:, t + 1], base_latents[:, t + 1])
+
+
+def test_inference_does_not_change_state():
+    model = make_tokenizer()
+    before = jax.tree.map(np.array, nnx.state(model))
+    tokenize(model, make_frames())
+    model(make_frames())
+    jax.tree.map(np.testing.assert_array_equal, before, nnx.state(model))
+
+
+def test_overfits_a_tiny_batch_and_updates_codebook_statistics():
+    model = make_tokenizer()
+    # Smooth, structured frames: a moving gradient, so a tiny model can fit them.
+    ramp = jnp.linspace(0, 1, 8)
+    frames = jnp.stack(
+        [
+            jnp.stack(
+                [
+                    jnp.roll(
+                        ramp[:, None, None] * jnp.array([1.0, 0.5, 0.2])
+                        + ramp[None, :, None] * 0.3,
+                        t + b,
+                        axis=1,
+                    )
+                    for t in range(4)
+                ]
+            )
+            for b in range(2)
+        ]
+    )
+    frames = (jnp.clip(frames, 0, 1) * 255).astype(jnp.uint8)
+    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+    losses = [float(train_step(model, optimizer, frames, jax.random.key(i))[0]) for i in range(40)]
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.2 * losses[0], losses
+    assert int(model.vq.training_calls[...]) == 40  # counters updated under value_and_grad
+
+
+def test_same_key_same_loss_and_update():
+    frames = make_frames()
+    results = []
+    for _ in range(2):
+        model = make_tokenizer(seed=3)
+        optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+        loss, metrics = train_step(model, optimizer, frames, jax.random.key(5))
+        results.append((float(loss), jax.tree.map(np.array, nnx.state(model))))
+    assert results[0][0] == results[1][0]
+    jax.tree.map(np.testing.assert_array_equal, results[0][1], results[1][1])
+    assert set(metrics) >= {"mse", "psnr", "codebook_usage", "perplexity"}
+    np.testing.assert_allclose(metrics["psnr"], -10 * np.log10(metrics["mse"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["codebook_usage"], np.mean(results[0][1]["vq"]["unused_steps"] == 0)
+    )
+
+
+def test_images_and_input_checks():
+    model = make_tokenizer()
+    grid = tokenizer_images(model, make_frames())
+    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[-1] == 3
+    assert grid.shape[0] == 4 * 8 + 3 * 2 and grid.shape[1] == 4 * 8 + 3 * 2  # 2 clips x 2
+    with pytest.raises(ValueError, match=r"\(B, T, 8, 8, 3\)"):
+        model.tokenize(make_frames(shape=(1, 2, 16, 16, 3)))
+    with pytest.raises(ValueError, match="tokens of shape"):
+        model.decode(jnp.zeros((1, 2, 5), jnp.int32))
