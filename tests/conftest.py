@@ -72,3 +72,16 @@ def synthetic_iterator(clips: np.ndarray, batch_size: int, seed: int = 0):
 @pytest.fixture
 def clips():
     return moving_square_clips(32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder with all three stages of `tiny_config` trained for a few steps."""
+    from genie.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    config = tiny_config(run_dir, steps=3)
+    for stage in ("tokenizer", "lam", "dynamics"):
+        iterator = synthetic_iterator(moving_square_clips(16), config.train(stage).batch_size)
+        train(config, stage, data_iterator=iterator, progress=False)
+    return run_dir

@@ -1,0 +1,579 @@
+"""`genie eval RUN_DIR`: how well a trained world reconstructs, predicts and obeys its actions.
+
+Measured on the first `--clips` clips of a split of the dataset the run was trained on (read
+back from the run's config):
+
+- Tokenizer reconstruction: pooled PSNR and mean SSIM of decode(tokenize(x)) over every frame.
+- Rollouts: from the first `context` real frames (tokenized), the dynamics model generates
+  `horizon` frames (decoded and clipped to [0, 1]), driven (a) by the latent actions the LAM
+  infers from the real clip and (b) by latent actions drawn uniformly at random. PSNR and SSIM
+  against the real frames at each horizon step t = 1..horizon.
+- Controllability, Genie section 3: ΔtPSNR = PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t) per step; the
+  paper reports t = 4.
+- The "repeat the last frame" floor (REFERENCE.md) on the same clips and steps.
+- Codebook usage of the tokenizer (tokens of every frame) and the LAM (every transition).
+
+Conventions:
+- PSNR is pooled, -10 log10(mean MSE) over the clips (`genie.metrics`): the headline. SSIM is a
+  per-frame mean. Non-finite numbers are written to JSON as the strings "inf", "-inf", "nan".
+- Prompt actions: the context frames' own transitions carry the LAM's inferred actions in both
+  rollouts (they describe the real prompt); only the `horizon` actions that follow differ.
+- Random actions are ``np.random.default_rng(seed).integers(0, |A|, (M, horizon))`` for the M
+  clips in order: the same for every model with the same |A|, clips and seed.
+- Both rollouts of a batch share one MaskGIT sampling key (common random numbers), so ΔtPSNR
+  measures the actions rather than sampling luck. The key of batch b is fold_in(key(seed), b).
+
+Defaults: context = T // 2 and horizon = T - context for clips of T frames (8 + 8 for CoinRun's
+16). context + horizon must fit in T: the targets are real frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from genie import metrics, plots
+
+PAPER_DELTA_STEP = 4  # Genie reports ΔtPSNR at t = 4
+SAMPLE_CLIPS = 4  # clips shown in rollouts.gif
+
+
+# --------------------------------------------------------------------------------------------
+# The seam between a trained run and the measurements
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldFunctions:
+    """What evaluation and probing need from a trained run, as functions of NumPy arrays.
+
+    `from_run` builds them from checkpoints; tests pass their own (e.g. a `generate` that returns
+    the real future, whose PSNR must be +inf). Every function takes a batch of fixed size
+    (callers pad), so the compiled versions compile once.
+    """
+
+    num_codes: int  # K, the tokenizer's codebook
+    num_actions: int  # |A|, the LAM's codebook
+    # uint8 (B, T, H, W, 3) -> (tokens (B, T, N) int, float reconstruction (B, T, H, W, 3))
+    reconstruct: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    # uint8 (B, T, H, W, 3) -> (B, T-1) int; [:, t] explains frame t -> t+1
+    infer_actions: Callable[[np.ndarray], np.ndarray]
+    # (prompt uint8 (B, T0, H, W, 3), prompt_actions (B, T0-1), actions (B, S), key)
+    #   -> float (B, S, H, W, 3) in [0, 1]; actions[:, 0] leads from the last prompt frame
+    generate: Callable[[np.ndarray, np.ndarray, np.ndarray, jax.Array], np.ndarray]
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        *,
+        maskgit_steps: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[WorldFunctions, object]:
+        """Loads the three stages of a run -> (functions, the dynamics stage's config).
+
+        MaskGIT steps and temperature default to the run's config (25 and 1.0 in the Genie
+        CoinRun case study).
+        """
+        from genie.checkpoint import load_model
+        from genie.models.maskgit import rollout
+
+        tokenizer, tokenizer_config = load_model(run_dir, "tokenizer")
+        lam, _ = load_model(run_dir, "lam")
+        dynamics, config = load_model(run_dir, "dynamics")
+        steps = config.dynamics.maskgit_steps if maskgit_steps is None else maskgit_steps
+        temperature = config.dynamics.temperature if temperature is None else temperature
+        window = tokenizer_config.data.clip_frames
+
+        def reconstruct(frames):
+            tokens = tokenize_jit(tokenizer, jnp.asarray(frames))
+            return np.asarray(tokens), np.asarray(decode_jit(tokenizer, tokens))
+
+        def infer_actions(frames):
+            return np.asarray(infer_actions_jit(lam, jnp.asarray(frames)))
+
+        def generate(prompt, prompt_actions, actions, key):
+            prompt_tokens = tokenize_jit(tokenizer, jnp.asarray(prompt))
+            generated = rollout(
+                dynamics,
+                prompt_tokens,
+                jnp.asarray(actions, jnp.int32),
+                key,
+                steps=steps,
+                temperature=temperature,
+                schedule=config.dynamics.mask_schedule,
+                prompt_actions=jnp.asarray(prompt_actions, jnp.int32),
+            )
+            video = decode_video(tokenizer, jnp.concatenate([prompt_tokens, generated], 1), window)
+            return np.asarray(video[:, prompt.shape[1] :])
+
+        functions = cls(
+            num_codes=tokenizer.num_codes,
+            num_actions=lam.num_actions,
+            reconstruct=reconstruct,
+            infer_actions=infer_actions,
+            generate=generate,
+        )
+        return functions, config
+
+
+@nnx.jit
+def tokenize_jit(tokenizer, frames):
+    return tokenizer.tokenize(frames)
+
+
+@nnx.jit
+def decode_jit(tokenizer, tokens):
+    return jnp.clip(tokenizer.decode(tokens), 0.0, 1.0)
+
+
+@nnx.jit
+def infer_actions_jit(lam, frames):
+    return lam.infer_actions(frames)
+
+
+def decode_video(tokenizer, tokens: jax.Array, window: int) -> jax.Array:
+    """(B, T, N) tokens -> (B, T, H, W, 3) float in [0, 1], also when T exceeds the `window`
+    frames the causal decoder was built for: frame t >= window is decoded from the `window`
+    frames ending at t (a sliding window, one compiled shape)."""
+    frames = tokens.shape[1]
+    if frames <= window:
+        return decode_jit(tokenizer, tokens)
+    decoded = [decode_jit(tokenizer, tokens[:, :window])]
+    for t in range(window, frames):
+        decoded.append(decode_jit(tokenizer, tokens[:, t - window + 1 : t + 1])[:, -1:])
+    return jnp.concatenate(decoded, axis=1)
+
+
+def map_batches(
+    fn: Callable,
+    arrays: tuple[np.ndarray, ...],
+    batch_size: int,
+    desc: str = "",
+    progress: bool = True,
+) -> list:
+    """Applies ``fn(batch_index, *batches)`` to batches of exactly `batch_size` rows of the
+    `arrays` (the last batch padded by repeating its last row) -> per batch, the outputs (an
+    array or a tuple of arrays) with the padding rows cut off."""
+    count = len(arrays[0])
+    outputs = []
+    starts = range(0, count, batch_size)
+    for index, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False)):
+        stop = min(start + batch_size, count)
+        batch = [a[start:stop] for a in arrays]
+        pad = batch_size - (stop - start)
+        if pad:
+            batch = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) for b in batch]
+        out = fn(index, *batch)
+        if isinstance(out, tuple):
+            outputs.append(tuple(np.asarray(o)[: stop - start] for o in out))
+        else:
+            outputs.append(np.asarray(out)[: stop - start])
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    report: dict  # everything written to eval.json (floats may be +-inf)
+    # For pictures: the first SAMPLE_CLIPS clips, uint8 (S, context + horizon, H, W, 3) real and
+    # float predictions (S, horizon, H, W, 3) under inferred and random actions.
+    sample_clips: np.ndarray
+    sample_inferred: np.ndarray
+    sample_random: np.ndarray
+
+
+def default_context_horizon(clip_frames: int, context: int | None, horizon: int | None):
+    """context = T // 2 and horizon = T - context unless given; checks that they fit in T."""
+    context = max(1, clip_frames // 2) if context is None else context
+    horizon = clip_frames - context if horizon is None else horizon
+    if context < 1 or horizon < 1 or context + horizon > clip_frames:
+        raise ValueError(
+            f"context {context} + horizon {horizon} frames must fit in clips of {clip_frames} "
+            f"frames (context >= 1, horizon >= 1): the targets are real frames"
+        )
+    return context, horizon
+
+
+def random_actions(seed: int, num_clips: int, horizon: int, num_actions: int) -> np.ndarray:
+    """The uniformly random latent actions x̂' is generated from: (M, horizon) int32, the same
+    for every model with the same |A| evaluated on the same clips and seed."""
+    return np.random.default_rng(seed).integers(0, num_actions, (num_clips, horizon), np.int32)
+
+
+def evaluate(
+    world: WorldFunctions,
+    clips: np.ndarray,
+    *,
+    context: int | None = None,
+    horizon: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Evaluation:
+    """All eval metrics of `world` on uint8 clips (M, T, H, W, 3); see the module docstring."""
+    clips = np.asarray(clips)
+    if clips.ndim != 5 or clips.dtype != np.uint8 or clips.shape[-1] != 3:
+        raise ValueError(f"clips must be uint8 (M, T, H, W, 3), got {clips.dtype} {clips.shape}")
+    num_clips, clip_frames = clips.shape[:2]
+    if num_clips == 0:
+        raise ValueError("evaluation needs at least one clip")
+    if clip_frames < 2:
+        raise ValueError(f"clips of {clip_frames} frame(s) have no transition to predict")
+    context, horizon = default_context_horizon(clip_frames, context, horizon)
+    batch_size = min(batch_size, num_clips)
+
+    # Tokenizer reconstruction and the LAM's actions on the full clips.
+    def encode(_, frames):
+        tokens, reconstruction = world.reconstruct(frames)
+        return tokens, reconstruction, world.infer_actions(frames)
+
+    encoded = map_batches(encode, (clips,), batch_size, "tokenize + infer actions", progress)
+    tokens = np.concatenate([e[0] for e in encoded])
+    reconstruction = np.concatenate([e[1] for e in encoded])
+    inferred = np.concatenate([e[2] for e in encoded]).astype(np.int32)
+
+    # Rollouts from the first `context` frames: inferred vs random actions, same sampling key.
+    prompt = clips[:, :context]
+    prompt_actions = inferred[:, : context - 1]
+    actions = {
+        "inferred": inferred[:, context - 1 : context - 1 + horizon],
+        "random": random_actions(seed, num_clips, horizon, world.num_actions),
+    }
+    base_key = jax.random.key(seed)
+
+    def generate(index, prompt, prompt_actions, inferred_actions, random_actions):
+        key = jax.random.fold_in(base_key, index)
+        return (
+            world.generate(prompt, prompt_actions, inferred_actions, key),
+            world.generate(prompt, prompt_actions, random_actions, key),
+        )
+
+    generated = map_batches(
+        generate,
+        (prompt, prompt_actions, actions["inferred"], actions["random"]),
+        batch_size,
+        "rollouts",
+        progress,
+    )
+    pred_inferred = as_unit(np.concatenate([g[0] for g in generated]))
+    pred_random = as_unit(np.concatenate([g[1] for g in generated]))
+
+    report = _report(
+        clips,
+        as_unit(reconstruction),
+        tokens,
+        inferred,
+        pred_inferred,
+        pred_random,
+        context=context,
+        horizon=horizon,
+        seed=seed,
+        num_codes=world.num_codes,
+        num_actions=world.num_actions,
+    )
+    shown = min(SAMPLE_CLIPS, num_clips)
+    return Evaluation(
+        report,
+        clips[:shown, : context + horizon],
+        pred_inferred[:shown],
+        pred_random[:shown],
+    )
+
+
+def as_unit(frames: np.ndarray) -> np.ndarray:
+    """Predicted frames -> float in [0, 1]: uint8 divided by 255 (as `genie.metrics` does),
+    floats clipped (decoder outputs overshoot a little)."""
+    if frames.dtype == np.uint8:
+        return frames.astype(np.float32) / np.float32(255.0)
+    return np.clip(frames, 0.0, 1.0)
+
+
+def _usage(codes, num_codes: int) -> dict:
+    usage = metrics.code_usage(codes, num_codes)
+    return {
+        "num_codes": num_codes,
+        "codes_used": int(np.count_nonzero(usage.counts)),
+        "perplexity": usage.perplexity,
+        "counts": usage.counts.tolist(),
+    }
+
+
+def _report(
+    clips,
+    reconstruction,
+    tokens,
+    inferred,
+    pred_inferred,
+    pred_random,
+    *,
+    context,
+    horizon,
+    seed,
+    num_codes,
+    num_actions,
+) -> dict:
+    targets, repeat = metrics.repeat_last_frame_rollout(clips, context, horizon)
+    predictions = {
+        "inferred_actions": pred_inferred,
+        "random_actions": pred_random,
+        "repeat_last_frame": repeat,
+    }
+    delta = metrics.delta_psnr(targets, pred_inferred, pred_random)
+    delta_note = (
+        f"t = {PAPER_DELTA_STEP} as in Genie section 3"
+        if horizon >= PAPER_DELTA_STEP
+        else f"horizon {horizon} < {PAPER_DELTA_STEP}: the paper's t = 4 is not measured"
+    )
+    tokenizer_usage = _usage(tokens, num_codes)
+    del tokenizer_usage["counts"]  # K can be 1024: the summary is enough
+    return {
+        "clips": int(clips.shape[0]),
+        "clip_frames": int(clips.shape[1]),
+        "image_size": list(clips.shape[2:4]),
+        "context": context,
+        "horizon": horizon,
+        "seed": seed,
+        "reconstruction": {
+            "psnr": float(metrics.pooled_psnr(clips, reconstruction)),
+            "ssim": float(np.mean(metrics.ssim_per_frame(clips, reconstruction))),
+        },
+        "rollout": {
+            "horizon_step": list(range(1, horizon + 1)),
+            "psnr": {
+                name: metrics.psnr_by_horizon(targets, p).tolist()
+                for name, p in predictions.items()
+            },
+            "ssim": {
+                name: metrics.ssim_by_horizon(targets, p).tolist()
+                for name, p in predictions.items()
+            },
+            "psnr_all_steps": {
+                name: float(metrics.pooled_psnr(targets, p)) for name, p in predictions.items()
+            },
+        },
+        "delta_psnr": {
+            "by_step": delta.tolist(),
+            "t4": float(delta[PAPER_DELTA_STEP - 1]) if horizon >= PAPER_DELTA_STEP else None,
+            "note": delta_note,
+        },
+        "codebook": {"tokenizer": tokenizer_usage, "lam": _usage(inferred, num_actions)},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Output files
+
+
+def json_safe(value):
+    """Replaces non-finite floats by the strings "inf", "-inf", "nan" (JSON has no infinity)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _db(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def markdown(report: dict) -> str:
+    """The eval.md table of a report."""
+    rollout, delta = report["rollout"], report["delta_psnr"]
+    psnr, ssim, pooled = rollout["psnr"], rollout["ssim"], rollout["psnr_all_steps"]
+    lam, tok = report["codebook"]["lam"], report["codebook"]["tokenizer"]
+    t4 = delta["t4"]
+    lines = [
+        f"# genie eval: {report.get('run_dir', '')}",
+        "",
+        f"{report['clips']} clips of {report['clip_frames']} frames"
+        + (f" from split `{report['split']}` of `{report['dataset']}`" if "split" in report else "")
+        + f"; prompt of {report['context']} real frames, {report['horizon']} generated"
+        + (
+            f"; MaskGIT {report['maskgit_steps']} steps at temperature {report['temperature']}"
+            if "maskgit_steps" in report
+            else ""
+        )
+        + f"; seed {report['seed']}. PSNR is pooled over clips (dB), SSIM a per-frame mean.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| tokenizer reconstruction PSNR | {_db(report['reconstruction']['psnr'])} dB |",
+        f"| tokenizer reconstruction SSIM | {report['reconstruction']['ssim']:.3f} |",
+        f"| rollout PSNR, inferred actions (all steps) | {_db(pooled['inferred_actions'])} dB |",
+        f"| rollout PSNR, random actions (all steps) | {_db(pooled['random_actions'])} dB |",
+        f"| repeat last frame PSNR (all steps) | {_db(pooled['repeat_last_frame'])} dB |",
+        f"| ΔtPSNR at t={PAPER_DELTA_STEP} | "
+        + (f"{t4:.3f} dB |" if t4 is not None else f"n/a ({delta['note']}) |"),
+        f"| tokenizer codes used | {tok['codes_used']}/{tok['num_codes']} "
+        f"(perplexity {tok['perplexity']:.1f}) |",
+        f"| LAM codes used | {lam['codes_used']}/{lam['num_codes']} "
+        f"(perplexity {lam['perplexity']:.2f}) |",
+        "",
+        "| t | PSNR inferred | PSNR random | ΔtPSNR | PSNR repeat last | SSIM inferred "
+        "| SSIM random | SSIM repeat last |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(rollout["horizon_step"]):
+        lines.append(
+            f"| {t} | {_db(psnr['inferred_actions'][i])} | {_db(psnr['random_actions'][i])} "
+            f"| {delta['by_step'][i]:.3f} | {_db(psnr['repeat_last_frame'][i])} "
+            f"| {ssim['inferred_actions'][i]:.3f} | {ssim['random_actions'][i]:.3f} "
+            f"| {ssim['repeat_last_frame'][i]:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _to_uint8(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype == np.uint8:
+        return frames
+    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """eval.json, eval.md, psnr_by_horizon.png and rollouts.gif in `out_dir` -> their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluation.report
+    paths = {
+        "json": out / "eval.json",
+        "markdown": out / "eval.md",
+        "plot": out / "psnr_by_horizon.png",
+        "gif": out / "rollouts.gif",
+    }
+    paths["json"].write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    paths["markdown"].write_text(markdown(report))
+
+    steps = report["rollout"]["horizon_step"]
+    names = {
+        "inferred_actions": "inferred actions",
+        "random_actions": "random actions",
+        "repeat_last_frame": "repeat last frame",
+    }
+    plots.line_plot(
+        paths["plot"],
+        {label: (steps, report["rollout"]["psnr"][key]) for key, label in names.items()},
+        title=f"Rollout PSNR over {report['clips']} clips (pooled)",
+        xlabel="horizon step t",
+        ylabel="PSNR (dB)",
+    )
+
+    # Rows: clips; columns: real, inferred actions, random actions. Prompt frames are real.
+    real = evaluation.sample_clips
+    context = report["context"]
+    prompt = real[:, :context]
+    videos = np.stack(
+        [
+            real,
+            np.concatenate([prompt, _to_uint8(evaluation.sample_inferred)], axis=1),
+            np.concatenate([prompt, _to_uint8(evaluation.sample_random)], axis=1),
+        ],
+        axis=1,
+    )
+    scale = max(1, 128 // real.shape[-2])
+    grid = plots.video_grid(videos, scale=scale)
+    caption = "real | inferred actions | random actions"
+    frames = [
+        plots.label_image(g, f"{caption}\n{'prompt' if t < context else f't={t - context + 1}'}")
+        for t, g in enumerate(grid)
+    ]
+    plots.save_gif(paths["gif"], np.stack(frames), fps=4)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="genie eval",
+        description="Reconstruction, rollout and controllability (ΔtPSNR) metrics of a run.",
+    )
+    parser.add_argument("run_dir", help="run folder holding tokenizer/, lam/ and dynamics/")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clips", type=int, default=64, help="the first N clips of the split")
+    parser.add_argument("--context", type=int, default=None, help="prompt frames (default T//2)")
+    parser.add_argument(
+        "--horizon", type=int, default=None, help="generated frames (default T - context)"
+    )
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval_SPLIT)")
+    parser.add_argument("--seed", type=int, default=0, help="random actions and sampling keys")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--maskgit-steps", type=int, default=None, help="default: the run's")
+    parser.add_argument("--temperature", type=float, default=None, help="default: the run's")
+    parser.add_argument("--data-dir", default=None, help="default: the run's data.data_dir")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, *, clips: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Loads the run, reads the clips (unless given), evaluates, writes -> (report, paths)."""
+    world, config = WorldFunctions.from_run(
+        args.run_dir, maskgit_steps=args.maskgit_steps, temperature=args.temperature
+    )
+    data = config.data
+    data_dir = args.data_dir or data.data_dir
+    if clips is None:
+        from data_pipelines.loader import read_clips
+
+        clips = read_clips(
+            data.dataset,
+            args.split,
+            data_dir=data_dir,
+            limit=args.clips,
+            clip_frames=data.clip_frames,
+        )["frames"]
+    evaluation = evaluate(
+        world,
+        clips,
+        context=args.context,
+        horizon=args.horizon,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    report = {
+        "run_dir": str(args.run_dir),
+        "dataset": data.dataset,
+        "split": args.split,
+        "maskgit_steps": (
+            config.dynamics.maskgit_steps if args.maskgit_steps is None else args.maskgit_steps
+        ),
+        "temperature": (
+            config.dynamics.temperature if args.temperature is None else args.temperature
+        ),
+        **evaluation.report,
+    }
+    evaluation = dataclasses.replace(evaluation, report=report)
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"eval_{args.split}"
+    return report, write_outputs(evaluation, out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    report, paths = run(args)
+    print(markdown(report))
+    for name, path in paths.items():
+        print(f"{name:>8}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""`genie.probe`: the probe table, the key mapping and the files written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genie import metrics, probe
+
+# A Procgen action (0..14) for each collapsed CoinRun class, in COINRUN_ACTION_NAMES order:
+# none, jump, left, left+jump, right, right+jump (procgen index = 3 * horizontal + vertical).
+PROCGEN_OF_CLASS = np.array([4, 5, 1, 2, 7, 8])
+
+
+def test_procgen_examples_collapse_as_named():
+    classes, names = metrics.collapse_coinrun_actions(PROCGEN_OF_CLASS)
+    assert classes.tolist() == list(range(6)) and names == metrics.COINRUN_ACTION_NAMES
+
+
+def test_perfect_codes_score_nmi_and_accuracy_one():
+    classes = np.random.default_rng(0).integers(0, 6, (40, 7))
+    permutation = np.array([3, 0, 5, 1, 2, 4])  # code of each class
+    table = probe.probe_true_actions(permutation[classes], PROCGEN_OF_CLASS[classes], 6)
+    assert table["nmi"] == pytest.approx(1.0)
+    assert table["probe_accuracy"] == 1.0
+    assert table["chance_accuracy"] < 0.5
+    confusion = np.array(table["confusion"])
+    assert confusion.sum() == classes.size
+    assert np.count_nonzero(confusion) == 6  # one cell per code
+    assert table["code_to_class"] == {
+        str(permutation[c]): metrics.COINRUN_ACTION_NAMES[c] for c in range(6)
+    }
+
+    keymap = probe.keymap_from_confusion(confusion)
+    assert keymap == {"left": 5, "right": 2, "up": 0, "none": 3, "down": 3}
+
+
+def test_keymap_prefers_distinct_reliable_codes():
+    # Code 0 is "none" mostly but also most of all "left" transitions; code 1 is purely left.
+    confusion = np.zeros((4, 6), int)
+    confusion[0] = [500, 0, 60, 0, 0, 0]
+    confusion[1] = [0, 0, 40, 0, 0, 0]
+    confusion[2] = [0, 0, 0, 0, 50, 0]
+    confusion[3] = [1, 30, 0, 0, 0, 0]
+    assert probe.keymap_from_confusion(confusion) == {
+        "left": 1,
+        "right": 2,
+        "up": 3,
+        "none": 0,
+        "down": 0,
+    }
+
+    # A collapsed LAM: every key gets the one code ever inferred, never an unseen one.
+    collapsed = np.zeros((4, 6), int)
+    collapsed[2] = [9, 1, 3, 1, 2, 0]
+    assert set(probe.keymap_from_confusion(collapsed).values()) == {2}
+
+
+def moving_clips(directions, frames: int = 4, size: int = 16) -> np.ndarray:
+    """One clip per (dy, dx) direction: a bright square on black moving one pixel a frame."""
+    clips = np.zeros((len(directions), frames, size, size, 3), np.uint8)
+    for i, (dy, dx) in enumerate(directions):
+        for t in range(frames):
+            top, left = 6 + dy * t, 6 + dx * t
+            clips[i, t, top : top + 4, left : left + 4] = 200
+    return clips
+
+
+def test_frame_shifts_and_motion_keymap():
+    directions = [(0, 0), (0, 1), (0, -1), (-1, 0)]  # none, right, left, up
+    clips = moving_clips(directions)
+    shifts = probe.frame_shifts(clips)
+    np.testing.assert_array_equal(shifts, np.broadcast_to(np.array(directions)[:, None], (4, 3, 2)))
+
+    codes = np.array([[2] * 3, [0] * 3, [3] * 3, [1] * 3])  # code of each clip's motion
+    motion = probe.code_motion(clips, codes, num_codes=5)
+    assert motion["dx"][0] == 1 and motion["dy"][1] == -1 and np.isnan(motion["dx"][4])
+    assert probe.keymap_from_motion(motion) == {
+        "left": 3,
+        "right": 0,
+        "up": 1,
+        "none": 2,
+        "down": 2,
+    }
+
+
+def test_action_rollouts_grid_layout():
+    prompts = np.stack([np.full((8, 8, 3), 10 * p, np.uint8) for p in range(2)])
+
+    def rollout(prompt, actions):  # frame value encodes the prompt, the action and the step
+        steps = np.arange(1, actions.shape[1] + 1)
+        values = prompt[:, :, 0, 0, 0] + actions * 3 + steps
+        return np.broadcast_to(values[..., None, None, None], (*actions.shape, 8, 8, 3)).astype(
+            np.uint8
+        )
+
+    videos = probe.action_rollouts(rollout, prompts, num_actions=3, steps=2)
+    assert videos.shape == (2, 3, 3, 8, 8, 3)
+    assert videos[1, 2, 0, 0, 0, 0] == 10  # the prompt first
+    assert videos[1, 2, 2, 0, 0, 0] == 10 + 2 * 3 + 2  # prompt 1, action 2, step 2
+
+
+def test_report_files_and_keymap_format(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (6, 4, 16, 16, 3), dtype=np.uint8)
+    classes = rng.integers(0, 6, (6, 3))
+    report = probe.analyse_codes(frames, classes % 4, 4, PROCGEN_OF_CLASS[classes])
+    paths = probe.write_report(report, tmp_path / "probe", keymap_path=tmp_path / "keys.json")
+
+    keymap = json.loads((tmp_path / "keys.json").read_text())
+    assert set(keymap) == {"left", "right", "up", "down", "none"}
+    assert all(isinstance(code, int) and 0 <= code < 4 for code in keymap.values())
+    from genie.play import keymap_from_dict  # the reader of genie play --keymap accepts it
+
+    assert keymap_from_dict(keymap, num_actions=4)["a"] == keymap["left"]
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["keymap"] == keymap and len(loaded["true_actions"]["confusion"]) == 4
+    assert "NMI" in paths["markdown"].read_text()
+    for name in ("usage", "confusion"):
+        with Image.open(paths[name]) as image:
+            assert image.format == "PNG"
+
+    without = probe.analyse_codes(frames, classes % 4, 4)
+    assert without["true_actions"] is None and "heuristic" in without["keymap_source"]
+
+
+def test_cli_on_a_tiny_run(tmp_path, monkeypatch, capsys):
+    from data_pipelines import loader
+    from tests.conftest import moving_square_clips
+    from tests.tiny_world import tiny_run_dir
+
+    clips = moving_square_clips(5, frames=4, size=16)
+    actions = np.random.default_rng(0).integers(0, 15, (5, 3)).astype(np.int32)
+    monkeypatch.setattr(loader, "read_clips", lambda *a, **k: {"frames": clips, "actions": actions})
+    out = tmp_path / "probe"
+    probe.main([str(tiny_run_dir()), "--prompts", "2", "--steps", "5", "--out", str(out)])
+    assert "NMI" in capsys.readouterr().out
+
+    report = json.loads((out / "probe.json").read_text())
+    assert report["transitions"] == 15 and sum(report["code_usage"]["counts"]) == 15
+    assert set(json.loads((out / "keymap.json").read_text())) == set(probe.KEYMAP_KEYS)
+    with Image.open(out / "actions.gif") as gif:
+        assert gif.n_frames == 6  # the prompt and 5 steps
+    for name in ("actions_last_frame.png", "code_usage.png", "confusion.png", "probe.md"):
+        assert (out / name).stat().st_size > 0
