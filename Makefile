@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(PY) -m genie demo
 
 test: $(STAMP)
+	bash tests/install_browser.sh $(PY)
 	$(PY) -m pytest -n 2 -q
 
 test-slow: $(STAMP)

@@ -30,8 +30,8 @@ def get_config() -> Config:
         ),
         dynamics=DynamicsConfig(transformer=small, maskgit_steps=8),
         train_tokenizer=TrainConfig(
-            batch_size=8, steps=1200, learning_rate=1e-3, warmup_steps=100,
-            image_every=400, checkpoint_every=400,
+            batch_size=8, steps=600, learning_rate=1e-3, warmup_steps=50,
+            image_every=300, checkpoint_every=300,
         ),
         train_lam=TrainConfig(
             batch_size=8, steps=600, learning_rate=1e-3, warmup_steps=50,
