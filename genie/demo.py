@@ -10,29 +10,30 @@ Every step is resumable: run it again and finished work is reused.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from genie.config import load_experiment
+from genie.writer import setup_logging
 
 DEMO_EPISODES = 160
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genie demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="coinrun_tiny", help="experiment (default coinrun_tiny)")
+    parser.add_argument(
+        "--config", default="coinrun_tiny", help="experiment (default coinrun_tiny)"
+    )
     parser.add_argument("--episodes", type=int, default=DEMO_EPISODES, help="CoinRun episodes")
     parser.add_argument("--data-dir", default=None, help="default $GENIE_DATA_DIR or ./data")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging()
 
-    from data_pipelines.coinrun import build_coinrun, summarize
+    from data_pipelines.coinrun import build_coinrun
 
     config = load_experiment(args.config)
     print(f"== 1/3 dataset {config.data.dataset!r}")
     build_coinrun(
         config.data.dataset, episodes=args.episodes, clip_frames=16, seed=0, data_dir=args.data_dir
     )
-    print(summarize(config.data.dataset, data_dir=args.data_dir))
 
     import dataclasses
 

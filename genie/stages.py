@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -104,4 +103,3 @@ STAGE_SPECS: dict[str, Stage] = {
         frozen=("tokenizer", "lam"),
     ),
 }
-

@@ -1,8 +1,8 @@
 """One training loop for all three stages.
 
-    python -m genie.train tokenizer --config experiments/coinrun_tiny.py [--train-tokenizer.steps 50]
-    python -m genie.train lam       --config experiments/coinrun_tiny.py
-    python -m genie.train dynamics  --config experiments/coinrun_tiny.py
+    python -m genie.train tokenizer --config coinrun_tiny [--train-tokenizer.steps 50]
+    python -m genie.train lam       --config coinrun_tiny
+    python -m genie.train dynamics  --config coinrun_tiny
 
 The stage (genie.stages) supplies its model, loss and pictures; this loop supplies the data
 sharding, the optimizer, checkpointing, logging, resume and the progress bar. A run resumes
@@ -40,7 +40,7 @@ from genie.config import (
 )
 from genie.sharding import batch_sharding, make_mesh, shard_state, state_shardings
 from genie.stages import STAGE_SPECS, build_model
-from genie.writer import MetricWriter
+from genie.writer import MetricWriter, setup_logging
 
 log = logging.getLogger("genie")
 
@@ -119,7 +119,8 @@ def _check_resumable(config: Config, stage: Stage, folder: Path) -> None:
     saved = load_config(saved_path)
     train_field = f"train_{stage}"
     relaxed = dataclasses.replace(
-        config, **{train_field: dataclasses.replace(config.train(stage), steps=saved.train(stage).steps)}
+        config,
+        **{train_field: dataclasses.replace(config.train(stage), steps=saved.train(stage).steps)},
     )
     if relaxed != saved:
         a, b = to_dict(saved), to_dict(relaxed)
@@ -217,6 +218,7 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
     )
     frames_sharding = batch_sharding(mesh)
     base_key = jax.random.key(config.seed + 1)
+    image_key = jax.random.key(config.seed + 2)  # pictures never perturb the training keys
 
     writer = MetricWriter(folder, enabled=is_writer)
     metrics, history = {}, []
@@ -238,8 +240,9 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                 loss = float(step_metrics["loss"])
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"{stage} loss became {loss} at step {step + 1}; stopped without saving. "
-                        f"The last good checkpoint (step {last_saved}) is in {folder / 'checkpoints'}"
+                        f"{stage} loss became {loss} at step {step + 1}; stopped without "
+                        f"saving. The last good checkpoint (step {last_saved}) is in "
+                        f"{folder / 'checkpoints'}"
                     )
                 done = step + 1
                 bar.update(1)
@@ -262,9 +265,13 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                 if train_config.image_every and (
                     done % train_config.image_every == 0 or done == train_config.steps
                 ):
-                    _save_images(writer, stage, graphdef, state, frozen, local, base_key, done)
+                    _save_images(writer, stage, graphdef, state, frozen, local, image_key, done)
                 stopping = stop.signal is not None
-                if done % train_config.checkpoint_every == 0 or done == train_config.steps or stopping:
+                if (
+                    done % train_config.checkpoint_every == 0
+                    or done == train_config.steps
+                    or stopping
+                ):
                     model, optimizer = nnx.merge(graphdef, state)
                     checkpoint.save(manager, done, model, optimizer, data_iterator)
                     last_saved = done
@@ -278,12 +285,12 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
     return {"metrics": metrics, "history": history, "folder": folder}
 
 
-def _save_images(writer, stage, graphdef, state, frozen, frames, base_key, step):
+def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step):
     spec = STAGE_SPECS[stage]
     if spec.images is None or not writer.enabled:
         return
     model, _ = nnx.merge(graphdef, state)
-    image = spec.images(model, frozen, np.asarray(frames), jax.random.fold_in(base_key, -step))
+    image = spec.images(model, frozen, np.asarray(frames), jax.random.fold_in(image_key, step))
     writer.image(step, stage, image)
 
 
@@ -300,7 +307,9 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
     )
     parser.add_argument("stage", choices=STAGES, nargs="?")
     parser.add_argument(
-        "--config", default="coinrun_tiny", help="experiment name or .py file (default coinrun_tiny)"
+        "--config",
+        default="coinrun_tiny",
+        help="experiment name or .py file (default coinrun_tiny)",
     )
     parser.add_argument("-h", "--help", action="store_true")
     known, rest = parser.parse_known_args(argv)
@@ -315,7 +324,7 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging()
     stage, config = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = train(config, stage)

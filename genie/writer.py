@@ -13,6 +13,12 @@ from PIL import Image
 log = logging.getLogger("genie")
 
 
+def setup_logging() -> None:
+    """genie's own messages at INFO; the libraries' (orbax, absl, jax) at WARNING only."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+
+
 class MetricWriter:
     """Writes scalars to `metrics.jsonl` and TensorBoard, images to `images/` and TensorBoard.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from genie.config import (
+    STAGES,
     Config,
     DataConfig,
     DynamicsConfig,
@@ -24,15 +26,25 @@ def tiny_config(run_dir, *, steps: int = 6, **overrides) -> Config:
     """A few-thousand-parameter config on 16x16 clips of 4 frames."""
     small = TransformerConfig(width=32, depth=1, heads=2, mlp_ratio=2.0)
     train = TrainConfig(
-        batch_size=4, steps=steps, learning_rate=3e-3, warmup_steps=2, log_every=1,
-        image_every=0, checkpoint_every=3, keep_checkpoints=5,
+        batch_size=4,
+        steps=steps,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        log_every=1,
+        image_every=0,
+        checkpoint_every=3,
+        keep_checkpoints=5,
     )
     config = Config(
         name="tiny",
         run_dir=str(run_dir),
         data=DataConfig(dataset="synthetic", clip_frames=4, image_size=16),
         tokenizer=TokenizerConfig(
-            patch_size=4, num_codes=32, code_dim=8, encoder=small, decoder=small,
+            patch_size=4,
+            num_codes=32,
+            code_dim=8,
+            encoder=small,
+            decoder=small,
             dead_code_steps=2,
         ),
         lam=LAMConfig(patch_size=8, num_codes=4, code_dim=8, encoder=small, decoder=small),
@@ -41,8 +53,6 @@ def tiny_config(run_dir, *, steps: int = 6, **overrides) -> Config:
         train_lam=train,
         train_dynamics=train,
     )
-    import dataclasses
-
     return dataclasses.replace(config, **overrides)
 
 
@@ -81,6 +91,10 @@ def tiny_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("tiny_run")
     config = tiny_config(run_dir, steps=3)
+    config = dataclasses.replace(
+        config,
+        **{f"train_{s}": dataclasses.replace(config.train(s), image_every=3) for s in STAGES},
+    )
     for stage in ("tokenizer", "lam", "dynamics"):
         iterator = synthetic_iterator(moving_square_clips(16), config.train(stage).batch_size)
         train(config, stage, data_iterator=iterator, progress=False)

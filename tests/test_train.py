@@ -64,14 +64,19 @@ def test_resumed_run_matches_uninterrupted(tmp_path, stage):
     losses_whole = [m["loss"] for m in read_metrics(tmp_path / "whole" / stage)]
     losses_halves = [m["loss"] for m in read_metrics(tmp_path / "halves" / stage)]
     assert losses_halves == losses_whole
-    for a, b in zip(_params(tmp_path / "whole", stage), _params(tmp_path / "halves", stage)):
+    whole, halves = _params(tmp_path / "whole", stage), _params(tmp_path / "halves", stage)
+    for a, b in zip(whole, halves, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_config_is_saved_and_read_back(tmp_path):
     config = tiny_config(tmp_path, steps=1)
-    train(config, "tokenizer", data_iterator=synthetic_iterator(moving_square_clips(8), 4),
-          progress=False)
+    train(
+        config,
+        "tokenizer",
+        data_iterator=synthetic_iterator(moving_square_clips(8), 4),
+        progress=False,
+    )
     assert load_config(tmp_path / "tokenizer") == config
     _, saved = checkpoint.load_model(tmp_path, "tokenizer")
     assert saved == config
@@ -79,8 +84,12 @@ def test_config_is_saved_and_read_back(tmp_path):
 
 def test_resume_with_another_config_is_refused(tmp_path):
     clips = moving_square_clips(8)
-    train(tiny_config(tmp_path, steps=1), "tokenizer",
-          data_iterator=synthetic_iterator(clips, 4), progress=False)
+    train(
+        tiny_config(tmp_path, steps=1),
+        "tokenizer",
+        data_iterator=synthetic_iterator(clips, 4),
+        progress=False,
+    )
     changed = tiny_config(tmp_path, steps=2, seed=7)
     with pytest.raises(ValueError, match="different config"):
         train(changed, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
@@ -97,8 +106,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             return batch * np.nan if self.count < 0 else batch.astype(np.uint8)
 
     with pytest.raises(NonFiniteLossError, match="step 5"):
-        train(config, "tokenizer", data_iterator=PoisonAfter(synthetic_iterator(clips, 4), 4),
-              progress=False)
+        train(
+            config,
+            "tokenizer",
+            data_iterator=PoisonAfter(synthetic_iterator(clips, 4), 4),
+            progress=False,
+        )
     manager = checkpoint.checkpoint_manager(tmp_path / "tokenizer")
     assert manager.all_steps() == [3]
     model, _ = checkpoint.load_model(tmp_path, "tokenizer")
@@ -107,5 +120,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_dynamics_stage_needs_trained_tokenizer(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
-        train(tiny_config(tmp_path), "dynamics",
-              data_iterator=synthetic_iterator(moving_square_clips(8), 4), progress=False)
+        train(
+            tiny_config(tmp_path),
+            "dynamics",
+            data_iterator=synthetic_iterator(moving_square_clips(8), 4),
+            progress=False,
+        )
