@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.loader
 	$(PY) -m benchmarks.train
+	$(PY) -m benchmarks.play
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -83,23 +83,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument(
-        "--cpu-batch", type=int, default=2,
+        "--cpu-batch",
+        type=int,
+        default=2,
         help="batch for GPU-sized configs when running on a CPU (their real batch takes hours)",
     )
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform})")
-    print(f"{'config':<14}{'stage':<11}{'params':>10}{'batch':>7}{'frames/s':>11}"
-          f"{'steps/s':>9}{'TFLOP/step':>12}{'MFU':>7}")
+    print(
+        f"{'config':<14}{'stage':<11}{'params':>10}{'batch':>7}{'frames/s':>11}"
+        f"{'steps/s':>9}{'TFLOP/step':>12}{'MFU':>7}"
+    )
     for name in args.configs:
         config = load_experiment(name)
         small_cpu = device.platform == "cpu" and config.train("tokenizer").batch_size > 8
         for stage in args.stages:
             r = benchmark_stage(config, stage, args.steps, args.cpu_batch if small_cpu else None)
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
-            print(f"{name:<14}{stage:<11}{r['params'] / 1e6:>9.2f}M{r['batch']:>7}"
-                  f"{r['frames_per_s']:>11.1f}{r['steps_per_s']:>9.2f}"
-                  f"{r['tflops_per_step']:>12.4f}{mfu:>7}", flush=True)
+            print(
+                f"{name:<14}{stage:<11}{r['params'] / 1e6:>9.2f}M{r['batch']:>7}"
+                f"{r['frames_per_s']:>11.1f}{r['steps_per_s']:>9.2f}"
+                f"{r['tflops_per_step']:>12.4f}{mfu:>7}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
