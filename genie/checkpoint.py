@@ -29,7 +29,8 @@ def checkpoint_manager(
     folder: Path, *, keep: int = 3, read_only: bool = False
 ) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
+        max_to_keep=None if read_only else keep,
+        save_interval_steps=0 if read_only else 1,
         create=not read_only,
         read_only=read_only,
         # Saving is synchronous: a run killed right after "saved" must really have saved.

@@ -2,7 +2,8 @@
 
 1. builds the `coinrun_tiny` dataset (random-policy Procgen CoinRun) and prints its summary;
 2. trains the tokenizer, the latent action model and the dynamics model (`coinrun_tiny`);
-3. rolls the world out, probes its latent actions and evaluates it.
+3. probes what each latent action does (and writes a key map), evaluates reconstruction,
+   rollouts and controllability on the test split, and plays the world headless to a GIF.
 
 Every step is resumable: run it again and finished work is reused.
 """
@@ -10,6 +11,8 @@ Every step is resumable: run it again and finished work is reused.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from genie.config import load_experiment
 from genie.writer import setup_logging
@@ -48,7 +51,42 @@ def main(argv: list[str] | None = None) -> None:
         result = train(config, stage)
         shown = {k: round(v, 4) for k, v in result["metrics"].items() if k != "codes_reset"}
         print(f"   last metrics: {shown}")
-    print(f"== done: run folder {config.run_path}")
+
+    run_dir = str(config.run_path)
+    print(f"== 3/3 using the world in {run_dir}")
+    prompt = write_prompt(config, run_dir)
+
+    from genie import evaluate, play, probe
+
+    probe.main([run_dir, "--split", "validation", "--keymap-out", f"{run_dir}/keymap.json"])
+    evaluate.main([run_dir, "--split", "test", "--clips", "64"])
+    actions = demo_actions(f"{run_dir}/keymap.json")
+    rollout = f"{run_dir}/rollout.gif"
+    play.main([run_dir, "--prompt", prompt, "--actions", actions, "--out", rollout, "--scale", "4"])
+    print(
+        f"== done. Look at {rollout}, {run_dir}/probe_validation/actions.gif and "
+        f"{run_dir}/eval_test/eval.md. Play it yourself:\n"
+        f"   .venv/bin/genie play {run_dir} --prompt {prompt} --keymap {run_dir}/keymap.json\n"
+        f"   .venv/bin/genie play {run_dir} --prompt {prompt} --serve   # in a browser"
+    )
+
+
+def write_prompt(config, run_dir: str) -> str:
+    """The first frame of the first test clip, as a PNG prompt for `genie play`."""
+    from data_pipelines.loader import read_clips
+    from genie.plots import save_png
+
+    clip = read_clips(config.data.dataset, "test", data_dir=config.data.data_dir, limit=1)
+    path = f"{run_dir}/prompt.png"
+    save_png(path, clip["frames"][0, 0])
+    return path
+
+
+def demo_actions(keymap_path: str) -> str:
+    """Right, jump, left, each held a few frames, through the key map the probe learned."""
+    keymap = json.loads(Path(keymap_path).read_text())
+    held = [keymap["right"]] * 6 + [keymap["up"]] * 4 + [keymap["left"]] * 6
+    return ",".join(str(code + 1) for code in held)  # `genie play --actions` is 1-based
 
 
 if __name__ == "__main__":
