@@ -28,11 +28,11 @@ def stage_path(run_dir: str | Path, stage: Stage) -> Path:
 def checkpoint_manager(
     folder: Path, *, keep: int = 3, read_only: bool = False
 ) -> ocp.CheckpointManager:
+    # A reader neither creates folders nor deletes old steps. (orbax's own read_only option
+    # would do the same but logs a warning on every load.)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep,
-        save_interval_steps=0 if read_only else 1,
         create=not read_only,
-        read_only=read_only,
         # Saving is synchronous: a run killed right after "saved" must really have saved.
         enable_async_checkpointing=False,
     )

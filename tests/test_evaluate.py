@@ -159,12 +159,11 @@ def test_files_are_written_and_readable(setting, tmp_path):
         assert image.format == "GIF" and image.n_frames > 1
 
 
-def test_cli_on_a_tiny_run(tmp_path, monkeypatch, capsys):
+def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
     from data_pipelines import loader
     from genie.checkpoint import load_model
-    from tests.tiny_world import tiny_run_dir
 
-    run_dir = tiny_run_dir()
+    run_dir = tiny_run
     clips = moving_square_clips(3, frames=4, size=16)
     requested = {}
 

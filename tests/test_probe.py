@@ -127,16 +127,15 @@ def test_report_files_and_keymap_format(tmp_path):
     assert without["true_actions"] is None and "heuristic" in without["keymap_source"]
 
 
-def test_cli_on_a_tiny_run(tmp_path, monkeypatch, capsys):
+def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
     from data_pipelines import loader
     from tests.conftest import moving_square_clips
-    from tests.tiny_world import tiny_run_dir
 
     clips = moving_square_clips(5, frames=4, size=16)
     actions = np.random.default_rng(0).integers(0, 15, (5, 3)).astype(np.int32)
     monkeypatch.setattr(loader, "read_clips", lambda *a, **k: {"frames": clips, "actions": actions})
     out = tmp_path / "probe"
-    probe.main([str(tiny_run_dir()), "--prompts", "2", "--steps", "5", "--out", str(out)])
+    probe.main([str(tiny_run), "--prompts", "2", "--steps", "5", "--out", str(out)])
     assert "NMI" in capsys.readouterr().out
 
     report = json.loads((out / "probe.json").read_text())

@@ -57,7 +57,7 @@ def _run(tmp_path, devices: int, mode: str) -> dict:
 
 
 def test_parameter_spec_rules():
-    assert parameter_spec((256, 128), devices=4, fsdp=False) == ()
+    assert tuple(parameter_spec((256, 128), devices=4, fsdp=False)) == ()
     assert tuple(parameter_spec((256, 128), devices=4, fsdp=True)) == ("data", None)
     assert tuple(parameter_spec((6, 4096), devices=4, fsdp=True)) == (None, "data")
     assert tuple(parameter_spec((8,), devices=4, fsdp=True)) == ()  # too small to split
