@@ -57,11 +57,11 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    state, metrics = step_fn(state, frozen_state, frames, key)  # warm-up
+    state, metrics = compiled(state, frozen_state, frames, key)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for i in range(steps):
-        state, metrics = step_fn(state, frozen_state, frames, jax.random.fold_in(key, i))
+        state, metrics = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -150,9 +150,14 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def load_config(path: str | os.PathLike) -> Config:
-    """Reads the config saved by a run: a run folder, a stage folder or a config.json."""
+    """Reads the config saved by a run: a run folder, a stage folder or a config.json.
+
+    For a run folder, the latest stage's config wins (dynamics, then lam, then tokenizer): a
+    later stage records the sections of the stages it read, so it describes the whole world.
+    """
     path = Path(path)
-    candidates = [path, path / "config.json"] + [path / s / "config.json" for s in STAGES]
+    stages = reversed(STAGES)
+    candidates = [path, path / "config.json"] + [path / s / "config.json" for s in stages]
     for candidate in candidates:
         if candidate.is_file():
             return from_dict(Config, json.loads(candidate.read_text()))

@@ -8,20 +8,24 @@ back from the run's config):
   `horizon` frames (decoded and clipped to [0, 1]), driven (a) by the latent actions the LAM
   infers from the real clip and (b) by latent actions drawn uniformly at random. PSNR and SSIM
   against the real frames at each horizon step t = 1..horizon.
-- Controllability, Genie section 3: ΔtPSNR = PSNR(x_t, x̂_t) − PSNR(x_t, x̂'_t) per step; the
-  paper reports t = 4.
-- The "repeat the last frame" floor (REFERENCE.md) on the same clips and steps.
+- Controllability, Genie (Bruce et al. 2024) section 3: ΔtPSNR = PSNR(x_t, x̂_t) −
+  PSNR(x_t, x̂'_t) per step; the paper reports t = 4. Published CoinRun numbers to compare
+  with: GenieRedux (Savov et al. 2024, arXiv 2409.06445).
+- The "repeat the last frame" floor on the same clips and steps: a world model that ignores its
+  actions and predicts no motion scores this, so a useful one must beat it.
 - Codebook usage of the tokenizer (tokens of every frame) and the LAM (every transition).
 
 Conventions:
-- PSNR is pooled, -10 log10(mean MSE) over the clips (`genie.metrics`): the headline. SSIM is a
-  per-frame mean. Non-finite numbers are written to JSON as the strings "inf", "-inf", "nan".
+- PSNR is pooled, -10 log10(mean MSE) over the clips (`genie.metrics`): the headline, because
+  about a quarter of consecutive CoinRun frames are byte-identical, where per-frame PSNR is
+  infinite. SSIM is a per-frame mean. Non-finite numbers are written to JSON as the strings "inf", "-inf", "nan".
 - Prompt actions: the context frames' own transitions carry the LAM's inferred actions in both
   rollouts (they describe the real prompt); only the `horizon` actions that follow differ.
 - Random actions are ``np.random.default_rng(seed).integers(0, |A|, (M, horizon))`` for the M
   clips in order: the same for every model with the same |A|, clips and seed.
-- Both rollouts of a batch share one MaskGIT sampling key (common random numbers), so ΔtPSNR
-  measures the actions rather than sampling luck. The key of batch b is fold_in(key(seed), b).
+- Both rollouts of a clip share one MaskGIT sampling key (common random numbers), so ΔtPSNR
+  measures the actions rather than sampling luck. The key of clip m is fold_in(key(seed), m),
+  whatever batch it lands in, so the report does not depend on --batch-size.
 
 Defaults: context = T // 2 and horizon = T - context for clips of T frames (8 + 8 for CoinRun's
 16). context + horizon must fit in T: the targets are real frames.
@@ -68,8 +72,9 @@ class WorldFunctions:
     reconstruct: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     # uint8 (B, T, H, W, 3) -> (B, T-1) int; [:, t] explains frame t -> t+1
     infer_actions: Callable[[np.ndarray], np.ndarray]
-    # (prompt uint8 (B, T0, H, W, 3), prompt_actions (B, T0-1), actions (B, S), key)
-    #   -> float (B, S, H, W, 3) in [0, 1]; actions[:, 0] leads from the last prompt frame
+    # (prompt uint8 (B, T0, H, W, 3), prompt_actions (B, T0-1), actions (B, S), keys (B,))
+    #   -> float (B, S, H, W, 3) in [0, 1]; actions[:, 0] leads from the last prompt frame;
+    #   clip b is sampled with keys[b] alone, so its frames do not depend on its batch
     generate: Callable[[np.ndarray, np.ndarray, np.ndarray, jax.Array], np.ndarray]
 
     @classmethod
@@ -102,13 +107,13 @@ class WorldFunctions:
         def infer_actions(frames):
             return np.asarray(infer_actions_jit(lam, jnp.asarray(frames)))
 
-        def generate(prompt, prompt_actions, actions, key):
+        def generate(prompt, prompt_actions, actions, keys):
             prompt_tokens = tokenize_jit(tokenizer, jnp.asarray(prompt))
             generated = rollout(
                 dynamics,
                 prompt_tokens,
                 jnp.asarray(actions, jnp.int32),
-                key,
+                keys,
                 steps=steps,
                 temperature=temperature,
                 schedule=config.dynamics.mask_schedule,
@@ -162,19 +167,21 @@ def map_batches(
     desc: str = "",
     progress: bool = True,
 ) -> list:
-    """Applies ``fn(batch_index, *batches)`` to batches of exactly `batch_size` rows of the
-    `arrays` (the last batch padded by repeating its last row) -> per batch, the outputs (an
-    array or a tuple of arrays) with the padding rows cut off."""
+    """Applies ``fn(*batches)`` to batches of exactly `batch_size` rows of the `arrays` (the last
+    batch padded by repeating its last row) -> per batch, the outputs (an array or a tuple of
+    arrays) with the padding rows cut off. `fn` sees no batch index: anything random must be
+    keyed by row (e.g. pass clip indices as one of the arrays), so results do not depend on
+    `batch_size`."""
     count = len(arrays[0])
     outputs = []
     starts = range(0, count, batch_size)
-    for index, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False)):
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         stop = min(start + batch_size, count)
         batch = [a[start:stop] for a in arrays]
         pad = batch_size - (stop - start)
         if pad:
             batch = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) for b in batch]
-        out = fn(index, *batch)
+        out = fn(*batch)
         if isinstance(out, tuple):
             outputs.append(tuple(np.asarray(o)[: stop - start] for o in out))
         else:
@@ -237,7 +244,7 @@ def evaluate(
     batch_size = min(batch_size, num_clips)
 
     # Tokenizer reconstruction and the LAM's actions on the full clips.
-    def encode(_, frames):
+    def encode(frames):
         tokens, reconstruction = world.reconstruct(frames)
         return tokens, reconstruction, world.infer_actions(frames)
 
@@ -254,27 +261,28 @@ def evaluate(
         "random": random_actions(seed, num_clips, horizon, world.num_actions),
     }
     base_key = jax.random.key(seed)
+    clip_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
 
-    def generate(index, prompt, prompt_actions, inferred_actions, random_actions):
-        key = jax.random.fold_in(base_key, index)
+    def generate(clip_index, prompt, prompt_actions, inferred_actions, random_actions):
+        keys = clip_keys(base_key, jnp.asarray(clip_index))  # (B,): one per clip, not per batch
         return (
-            world.generate(prompt, prompt_actions, inferred_actions, key),
-            world.generate(prompt, prompt_actions, random_actions, key),
+            world.generate(prompt, prompt_actions, inferred_actions, keys),
+            world.generate(prompt, prompt_actions, random_actions, keys),
         )
 
     generated = map_batches(
         generate,
-        (prompt, prompt_actions, actions["inferred"], actions["random"]),
+        (np.arange(num_clips), prompt, prompt_actions, actions["inferred"], actions["random"]),
         batch_size,
         "rollouts",
         progress,
     )
-    pred_inferred = as_unit(np.concatenate([g[0] for g in generated]))
-    pred_random = as_unit(np.concatenate([g[1] for g in generated]))
+    pred_inferred = _unit(np.concatenate([g[0] for g in generated]), "inferred-action rollouts")
+    pred_random = _unit(np.concatenate([g[1] for g in generated]), "random-action rollouts")
 
     report = _report(
         clips,
-        as_unit(reconstruction),
+        _unit(reconstruction, "reconstructions"),
         tokens,
         inferred,
         pred_inferred,
@@ -294,12 +302,13 @@ def evaluate(
     )
 
 
-def as_unit(frames: np.ndarray) -> np.ndarray:
-    """Predicted frames -> float in [0, 1]: uint8 divided by 255 (as `genie.metrics` does),
-    floats clipped (decoder outputs overshoot a little)."""
-    if frames.dtype == np.uint8:
-        return frames.astype(np.float32) / np.float32(255.0)
-    return np.clip(frames, 0.0, 1.0)
+def _unit(frames: np.ndarray, name: str) -> np.ndarray:
+    """Predicted frames -> float in [0, 1] (`metrics.to_unit_float`), floats clipped first:
+    decoder outputs overshoot [0, 1] a little."""
+    frames = np.asarray(frames)
+    if "float" in frames.dtype.name:  # numpy floats and ml_dtypes' bfloat16
+        frames = np.clip(frames, 0.0, 1.0)
+    return metrics.to_unit_float(frames, name)
 
 
 def _usage(codes, num_codes: int) -> dict:
@@ -442,13 +451,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _to_uint8(frames) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.dtype == np.uint8:
-        return frames
-    return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     """eval.json, eval.md, psnr_by_horizon.png and rollouts.gif in `out_dir` -> their paths."""
     out = Path(out_dir)
@@ -484,8 +486,8 @@ def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Path
     videos = np.stack(
         [
             real,
-            np.concatenate([prompt, _to_uint8(evaluation.sample_inferred)], axis=1),
-            np.concatenate([prompt, _to_uint8(evaluation.sample_random)], axis=1),
+            np.concatenate([prompt, plots.to_uint8(evaluation.sample_inferred)], axis=1),
+            np.concatenate([prompt, plots.to_uint8(evaluation.sample_random)], axis=1),
         ],
         axis=1,
     )

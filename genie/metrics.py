@@ -6,10 +6,13 @@ Units and conventions, shared by every function here:
   by 255, so every error is measured on the [0, 1] scale and PSNR uses a peak value of 1.0.
 - A rollout batch is ``(M, T, H, W, C)``: M clips, T horizon steps (T[0] is horizon 1, the
   first generated frame).
-- PSNR is in dB. **Averaging matters** (REFERENCE.md): identical frames have infinite PSNR, so a
-  mean of per-frame PSNRs depends on an arbitrary cap. The headline number is *pooled* PSNR,
-  ``-10 log10(mean MSE)``, where the MSE is averaged over pixels and over the pooled frames
-  *before* the logarithm. It is +inf only if every pooled frame is reproduced exactly.
+- PSNR is in dB. **Averaging matters**: identical frames have infinite PSNR, and they are
+  common (about a quarter of consecutive CoinRun frames are byte-identical, so a "repeat the
+  last frame" prediction is exact there), so a mean of per-frame PSNRs depends on an arbitrary
+  cap. The headline number is *pooled* PSNR, ``-10 log10(mean MSE)``, where the MSE is averaged
+  over pixels and over the pooled frames *before* the logarithm. It is +inf only if every pooled
+  frame is reproduced exactly. Controllability (ΔtPSNR) follows Genie (Bruce et al. 2024),
+  section 3.
 - SSIM has no such singularity (identical frames score 1.0) and is averaged per frame.
 - Entropies use the natural log.
 
@@ -40,7 +43,7 @@ COINRUN_ACTION_NAMES: tuple[str, ...] = (
 _FLOAT_RANGE_TOLERANCE = 1e-3
 
 
-def _to_unit_float(frames, name: str) -> np.ndarray:
+def to_unit_float(frames, name: str = "frames") -> np.ndarray:
     """uint8 0..255 or float [0, 1] -> float in [0, 1]: float32 for uint8 and half-precision
     input (an evaluation set is large), float64 kept as is. Means accumulate in float64."""
     frames = np.asarray(frames)
@@ -59,8 +62,8 @@ def _to_unit_float(frames, name: str) -> np.ndarray:
 
 
 def _frame_pair(target, prediction) -> tuple[np.ndarray, np.ndarray]:
-    target = _to_unit_float(target, "target")
-    prediction = _to_unit_float(prediction, "prediction")
+    target = to_unit_float(target, "target")
+    prediction = to_unit_float(prediction, "prediction")
     if target.shape != prediction.shape:
         raise ValueError(
             f"target {target.shape} and prediction {prediction.shape} must have the same shape"
@@ -142,8 +145,8 @@ def pooled_psnr(target, prediction, axis: int | Sequence[int] | None = None) -> 
     (see `mse`; None pools every frame into one number).
 
     Finite unless every pooled frame is reproduced exactly (then +inf). This is the headline PSNR
-    (REFERENCE.md "Averaging matters"); it is at most the mean of per-frame PSNRs (Jensen).
-    """
+    (see "Averaging matters" in the module docstring); it is at most the mean of per-frame PSNRs
+    (Jensen)."""
     return _psnr_from_mse(mse(target, prediction, axis))
 
 
@@ -211,8 +214,10 @@ def repeat_last_frame_rollout(clips, context: int, horizon: int) -> tuple[np.nda
 
 def repeat_last_frame_baseline(clips, context: int, horizon: int) -> np.ndarray:
     """Pooled PSNR (dB) per horizon step, (horizon,), of predicting x_{context+h} by
-    x_{context-1} for h = 0..horizon-1: the floor every world model must beat (REFERENCE.md).
-    Index 0 (horizon 1) is the PSNR of consecutive frames."""
+    x_{context-1} for h = 0..horizon-1: what a world model that ignores its actions and predicts
+    no motion scores, so the floor a useful one must beat. Index 0 (horizon 1) is the PSNR of
+    consecutive frames. For published CoinRun rollout numbers see GenieRedux (Savov et al.
+    2024, arXiv 2409.06445)."""
     return psnr_by_horizon(*repeat_last_frame_rollout(clips, context, horizon))
 
 
@@ -261,7 +266,8 @@ def code_usage(codes, num_codes: int) -> CodeUsage:
 def collapse_coinrun_actions(actions) -> tuple[np.ndarray, tuple[str, ...]]:
     """Procgen action ids 0..14 (any shape) -> (ids 0..5 of the same shape, class names).
 
-    Collapses to what CoinRun does (REFERENCE.md "Procgen actions"): {none, left, right} x
+    Collapses to what CoinRun does with Procgen's 15 button combinations (`get_combos` in
+    procgen/env.py; CoinRun reads the horizontal direction and "up" as jump): {none, left, right} x
     {no jump, jump}, class = 2 * horizontal + jump with horizontal 0=none 1=left 2=right, named
     by `COINRUN_ACTION_NAMES`. Down counts as no jump (it only matters on a crate); 9..14 are
     no-ops ("none").

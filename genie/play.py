@@ -262,7 +262,7 @@ class Session:
 
     @property
     def frame_count(self) -> int:
-        return int(self.world.frames.shape[0])
+        return self.world.num_frames
 
     @property
     def fps(self) -> float:

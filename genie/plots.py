@@ -68,12 +68,15 @@ def _draw_text(
     draw.text(xy, text, font=font, fill=fill, anchor=anchor)
 
 
-def _as_uint8(image, name: str = "image") -> np.ndarray:
+def to_uint8(image, name: str = "image") -> np.ndarray:
+    """uint8 images pass through; float images in [0, 1] -> uint8 floor(clip(x, 0, 1) * 255 + 0.5),
+    i.e. rounded half up, the same as `genie.models.tokenizer.unit_to_uint8` does inside jit."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
     if "float" in image.dtype.name:  # numpy floats and ml_dtypes' bfloat16
-        return np.round(np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+        unit = np.clip(image.astype(np.float32), 0.0, 1.0)
+        return np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
     raise ValueError(f"{name} must be uint8 (0..255) or float in [0, 1], got {image.dtype}")
 
 
@@ -103,7 +106,7 @@ def _ensure_parent(path: str | os.PathLike) -> None:
 
 def save_png(path: str | os.PathLike, image) -> np.ndarray:
     """Save an (H, W, 3) image as PNG (parent folders are created); returns it as uint8."""
-    image = _as_uint8(image)
+    image = to_uint8(image)
     _check_rgb(image, "image")
     _ensure_parent(path)
     Image.fromarray(image, "RGB").save(path, format="PNG")
@@ -118,7 +121,7 @@ def save_gif(path: str | os.PathLike, frames, fps: float = 10.0, scale: int = 1,
     frame). Pillow merges consecutive identical frames into one longer frame, so a reader may
     count fewer frames than T while the playback time is unchanged.
     """
-    frames = _as_uint8(frames, "frames")
+    frames = to_uint8(frames, "frames")
     _check_rgb(frames, "frames", leading="T")
     if len(frames) == 0:
         raise ValueError("save_gif needs at least one frame")
@@ -143,7 +146,7 @@ def image_grid(frames, pad: int = 2, scale: int = 1, pad_value: int = 255) -> np
     Frame (r, c) sits at row offset ``pad + r*(H*scale + pad)`` and column offset
     ``pad + c*(W*scale + pad)``: ``pad`` pixels of ``pad_value`` surround and separate frames.
     """
-    frames = _as_uint8(frames, "frames")
+    frames = to_uint8(frames, "frames")
     if frames.ndim != 5 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be (R, C, H, W, 3) RGB, got shape {frames.shape}")
     frames = upscale(frames, scale)
@@ -161,7 +164,7 @@ def image_grid(frames, pad: int = 2, scale: int = 1, pad_value: int = 255) -> np
 def video_grid(videos, pad: int = 2, scale: int = 1, pad_value: int = 255) -> np.ndarray:
     """(R, C, T, H, W, 3) videos -> (T, H_grid, W_grid, 3): `image_grid` of every time step, for
     a GIF of e.g. real clips above generated ones."""
-    videos = _as_uint8(videos, "videos")
+    videos = to_uint8(videos, "videos")
     if videos.ndim != 6 or videos.shape[-1] != 3:
         raise ValueError(f"videos must be (R, C, T, H, W, 3) RGB, got shape {videos.shape}")
     return np.stack(
@@ -196,7 +199,7 @@ def label_image(
     The caption is centred and word-wrapped to the image width (``\\n`` starts a new line); the
     font shrinks down to 8 px before a long word is allowed to run off the edge.
     """
-    image = _as_uint8(image)
+    image = to_uint8(image)
     _check_rgb(image, "image")
     width = image.shape[1]
     size = font_size or int(np.clip(width // 7, 9, 16))

@@ -403,7 +403,7 @@ def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, di
     batch_size = min(args.batch_size, len(frames_for_codes))
     codes = np.concatenate(
         map_batches(
-            lambda _, x: infer_actions_jit(lam, x),
+            lambda x: infer_actions_jit(lam, x),
             (frames_for_codes,),
             batch_size,
             "infer latent actions",

@@ -5,8 +5,8 @@ replicated, or with `fsdp=True` each array of at least `FSDP_MIN_SIZE` elements 
 its largest axis that the device count divides (the rule big_vision calls "fsdp"), so no
 module needs sharding annotations. XLA inserts the all-gathers and reduce-scatters.
 
-Multi-host: call `jax.distributed.initialize()` before anything else (`genie train
---distributed`); the loader then reads a disjoint part of the data on each host and
+Multi-host: `genie train STAGE --distributed` calls `jax.distributed.initialize()` before
+anything else; the loader then reads a disjoint part of the data on each host and
 `jax.make_array_from_process_local_data` assembles the global batch.
 """
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -222,39 +223,60 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
 
     writer = MetricWriter(folder, enabled=is_writer)
     metrics, history = {}, []
-    clip_frames = None
     bar = tqdm(
         total=train_config.steps, initial=start, desc=stage, disable=not (progress and is_writer)
     )
     tick, tick_step = time.perf_counter(), start
     last_saved = start
+    window, window_steps = None, 0  # metrics summed on the device since the last log line
+    pending = None  # (step, loss) not yet checked: checking one step late keeps the device busy
+
+    def check_finite(step: int, loss: jax.Array) -> None:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"{stage} loss became {value} at step {step}; stopped without saving. The last "
+                f"good checkpoint (step {last_saved}) is in {folder / 'checkpoints'}"
+            )
+
     try:
         with _StopRequest() as stop:
             for step in range(start, train_config.steps):
                 local = next(data_iterator)
-                clip_frames = local.shape[1]
                 frames = jax.make_array_from_process_local_data(frames_sharding, local)
                 state, step_metrics = step_fn(
                     state, frozen_state, frames, jax.random.fold_in(base_key, step)
                 )
-                loss = float(step_metrics["loss"])
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"{stage} loss became {loss} at step {step + 1}; stopped without "
-                        f"saving. The last good checkpoint (step {last_saved}) is in "
-                        f"{folder / 'checkpoints'}"
-                    )
+                if pending is not None:
+                    check_finite(*pending)
                 done = step + 1
+                pending = (done, step_metrics["loss"])
+                window = (
+                    step_metrics if window is None else jax.tree.map(jnp.add, window, step_metrics)
+                )
+                window_steps += 1
                 bar.update(1)
-                if done % train_config.log_every == 0 or done == train_config.steps:
+                stopping = stop.signal is not None
+                last = done == train_config.steps
+                saving = done % train_config.checkpoint_every == 0 or last or stopping
+                drawing = train_config.image_every and (
+                    done % train_config.image_every == 0 or last
+                )
+                if done % train_config.log_every == 0 or last or saving or drawing:
+                    check_finite(*pending)
+                    pending = None
+                if done % train_config.log_every == 0 or last:
                     now = time.perf_counter()
-                    rate = (done - tick_step) * train_config.batch_size * clip_frames / (now - tick)
+                    rate = (done - tick_step) * local.shape[0] * local.shape[1] / (now - tick)
                     tick, tick_step = now, done
-                    metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-                    metrics["frames_per_second"] = rate
+                    # Means over the steps since the last line, not one step's noisy value.
+                    totals = jax.device_get(window)
+                    metrics = {k: float(v) / window_steps for k, v in totals.items()}
+                    metrics["frames_per_second"] = rate * jax.process_count()
+                    window, window_steps = None, 0
                     writer.scalars(done, metrics)
                     history.append(dict(metrics, step=done))
-                    bar.set_postfix(loss=f"{loss:.4f}", fps=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", fps=f"{rate:.0f}")
                     if metrics.get("code_usage_max", 0.0) > 0.9:
                         log.warning(
                             "step %d: one latent action explains %.0f%% of transitions "
@@ -262,22 +284,17 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                             done,
                             100 * metrics["code_usage_max"],
                         )
-                if train_config.image_every and (
-                    done % train_config.image_every == 0 or done == train_config.steps
-                ):
+                if drawing:
                     _save_images(writer, stage, graphdef, state, frozen, local, image_key, done)
-                stopping = stop.signal is not None
-                if (
-                    done % train_config.checkpoint_every == 0
-                    or done == train_config.steps
-                    or stopping
-                ):
+                if saving:
                     model, optimizer = nnx.merge(graphdef, state)
                     checkpoint.save(manager, done, model, optimizer, data_iterator)
                     last_saved = done
                 if stopping:
                     log.warning("%s received: saved step %d in %s", stop.signal, done, folder)
                     break
+            if pending is not None:
+                check_finite(*pending)
     finally:
         bar.close()
         writer.close()
@@ -287,8 +304,9 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
 
 def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step):
     spec = STAGE_SPECS[stage]
-    if spec.images is None or not writer.enabled:
+    if spec.images is None:
         return
+    # Every process draws (the parameters may be sharded across hosts); only process 0 writes.
     model, _ = nnx.merge(graphdef, state)
     image = spec.images(model, frozen, np.asarray(frames), jax.random.fold_in(image_key, step))
     writer.image(step, stage, image)
@@ -311,8 +329,16 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
         default="coinrun_tiny",
         help="experiment name or .py file (default coinrun_tiny)",
     )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (coordinator and process ids "
+        "come from the cluster environment, e.g. SLURM or TPU metadata)",
+    )
     parser.add_argument("-h", "--help", action="store_true")
     known, rest = parser.parse_known_args(argv)
+    if known.distributed:
+        jax.distributed.initialize()
     if known.stage is None:
         parser.print_help()
         raise SystemExit(0 if known.help else 2)

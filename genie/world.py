@@ -35,8 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genie.config import Config
+from genie.config import STAGES, Config
+from genie.models.lam import check_actions
 from genie.models.maskgit import sample_frame
+from genie.models.tokenizer import unit_to_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".gif", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -149,20 +151,13 @@ def as_prompt(prompt, *, batch_size: int, image_size: int, clip_frames: int) -> 
 # ---------------------------------------------------------------------------------------------
 # The world
 
-
-def _to_uint8(pixels: jax.Array) -> jax.Array:
-    return jnp.clip(pixels * 255.0 + 0.5, 0.0, 255.0).astype(jnp.uint8)
-
-
 # How often each compiled function of this module was traced (so compiled): a test of "no
 # recompilation". Worlds with the same model structure and options share compiled code.
 trace_counts: collections.Counter = collections.Counter()
 
-_MODELS = ("tokenizer", "lam", "dynamics")
-
 
 def _merge(graphdefs, states) -> dict[str, nnx.Module]:
-    return {name: nnx.merge(g, s) for name, g, s in zip(_MODELS, graphdefs, states, strict=True)}
+    return {name: nnx.merge(g, s) for name, g, s in zip(STAGES, graphdefs, states, strict=True)}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs",))
@@ -209,7 +204,7 @@ def _advance(
     tokens = jax.lax.dynamic_update_index_in_dim(tokens, frame, index, axis=1)
     pixels = models["tokenizer"].decode(tokens)  # causal in time: slots after `index` are inert
     image = jax.lax.dynamic_index_in_dim(pixels, index, axis=1, keepdims=False)
-    return tokens, actions, index + 1, _to_uint8(image)
+    return tokens, actions, index + 1, unit_to_uint8(image)
 
 
 class World:
@@ -226,7 +221,7 @@ class World:
         steps: int | None = None,
         temperature: float | None = None,
     ):
-        missing = set(_MODELS) - set(models)
+        missing = set(STAGES) - set(models)
         if missing:
             raise ValueError(
                 f"a World needs the tokenizer, lam and dynamics models; missing {sorted(missing)}"
@@ -251,7 +246,7 @@ class World:
                 f"for {models['dynamics'].num_actions}"
             )
         self.num_patches = models["tokenizer"].num_patches
-        split = [nnx.split(models[name]) for name in _MODELS]
+        split = [nnx.split(models[name]) for name in STAGES]
         self._graphdefs = tuple(graphdef for graphdef, _ in split)
         self._states = tuple(state for _, state in split)
         self._prompt: np.ndarray | None = None
@@ -271,7 +266,7 @@ class World:
         from genie.checkpoint import load_model
 
         models, config = {}, None
-        for stage in ("tokenizer", "lam", "dynamics"):
+        for stage in STAGES:
             models[stage], config = load_model(run_dir, stage)
         return cls(
             config, models, batch_size=batch_size, seed=seed, steps=steps, temperature=temperature
@@ -320,12 +315,7 @@ class World:
                 f"step takes one action or one per batch element ({self.batch_size}), "
                 f"got shape {values.shape}"
             )
-        k = self.num_actions
-        for a in values.reshape(-1):
-            if not 0 <= a < k:
-                raise ValueError(
-                    f"action {a} is outside the codebook of {k} latent actions (0..{k - 1})"
-                )
+        check_actions(values, self.num_actions)
         return np.broadcast_to(values, (self.batch_size,)).astype(np.int32)
 
     def _single(self, frames: np.ndarray) -> np.ndarray:
@@ -367,8 +357,8 @@ class World:
             raise ValueError(
                 f"rollout takes actions of shape ({self.batch_size}, L), got {actions.shape}"
             )
-        for a in actions.reshape(-1):  # fail before stepping at all
-            self._check_action(a)
+        for column in actions.T:  # fail before stepping at all
+            self._check_action(column)
         frames = []
         for column in actions.T:
             frame = self.step(column)
@@ -381,6 +371,13 @@ class World:
         if self._prompt is None:
             raise RuntimeError("call reset(prompt) first: the world has no episode yet")
         return self._single(np.stack(self._episode, axis=1))
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in the episode so far, prompt frames included; no copy of them."""
+        if self._prompt is None:
+            raise RuntimeError("call reset(prompt) first: the world has no episode yet")
+        return len(self._episode)
 
     @property
     def prompt(self) -> np.ndarray:

@@ -48,7 +48,6 @@ class DynamicsModel(nnx.Module):
         self.config = config
         self.num_codes, self.num_actions = num_codes, num_actions
         self.num_patches, self.max_frames = num_patches, max_frames
-        self.dtype = dtype
         embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
         self.token_embedding = nnx.Embed(num_codes, width, **embed)
@@ -63,6 +62,7 @@ class DynamicsModel(nnx.Module):
             max_frames=max_frames,
             dtype=dtype,
             param_dtype=param_dtype,
+            output_dtype=jnp.float32,  # logits: softmax and cross-entropy statistics in fp32
             rngs=rngs,
         )
 
@@ -102,13 +102,14 @@ class DynamicsModel(nnx.Module):
     def __call__(self, tokens: jax.Array, actions: jax.Array, mask: jax.Array) -> jax.Array:
         """(B, T, N) int32 tokens, (B, T-1) int32 actions, (B, T, N) bool mask -> (B, T, N, K).
 
-        The logits are float32 whatever the compute dtype. Temporal attention is causal:
+        The logits are computed in float32 (the output projection's dtype) whatever the
+        compute dtype. Temporal attention is causal:
         frame t's logits depend on frames < t, on frame t's own unmasked tokens and on
         actions[:, :t] only.
         """
         self._check(tokens, actions)
         logits = self.transformer(self.embed(tokens, actions, mask))
-        return logits[:, :, : self.num_patches].astype(jnp.float32)
+        return logits[:, :, : self.num_patches]
 
     def prefill(self, tokens: jax.Array, actions: jax.Array) -> KVCache:
         """Temporal key/value cache of a clip (B, T, N) with actions (B, T-1), nothing masked.
@@ -136,7 +137,7 @@ class DynamicsModel(nnx.Module):
         patch_tokens = self.embed_tokens(frame_tokens, frame_mask)[:, None]  # (B, 1, N, D)
         x = jnp.concatenate([patch_tokens, action_token.astype(patch_tokens.dtype)], axis=2)
         logits = self.transformer.decode_frame(x, frame_index, cache)
-        return logits[:, 0, : self.num_patches].astype(jnp.float32)
+        return logits[:, 0, : self.num_patches]
 
 
 def draw_mask(key: jax.Array, shape: tuple[int, int, int], min_mask_rate: float) -> jax.Array:

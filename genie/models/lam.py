@@ -26,21 +26,19 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from einops import repeat
 from flax import nnx
 
 from genie.config import LAMConfig
 from genie.models.st_transformer import STTransformer, patchify, unpatchify
-from genie.models.tokenizer import (
-    CHANNELS,
-    check_frames,
-    frame_grid,
-    frames_to_unit,
-    psnr,
-    shrink_output,
-)
-from genie.models.vq import VectorQuantizer
+from genie.models.tokenizer import CHANNELS, check_frames, frames_to_unit, psnr, shrink_output
+from genie.models.vq import VectorQuantizer, check_codes
+
+
+def check_actions(actions, num_actions: int) -> None:
+    """"action 7 is outside the codebook of 6 latent actions (0..5)" for a concrete id outside
+    0..num_actions-1; traced actions pass unchecked."""
+    check_codes(actions, num_actions, name="action", codebook="latent actions")
 
 
 class LatentActionModel(nnx.Module):
@@ -94,8 +92,10 @@ class LatentActionModel(nnx.Module):
         self._check(frames)
         pixels = frames_to_unit(frames) * 2.0 - 1.0
         features = self.encoder(patchify(pixels, self.patch_size))  # (B, T, N, D)
-        # Transition t -> t+1 is read at frame t+1, whose outputs have seen x_1..x_{t+1}.
-        return self.action_projection(features[:, 1:].mean(axis=2))
+        # Transition t -> t+1 is read at frame t+1, whose outputs have seen x_1..x_{t+1}. The
+        # mean over N patches accumulates in float32 whatever the compute dtype.
+        pooled = features[:, 1:].astype(jnp.float32).mean(axis=2)
+        return self.action_projection(pooled)
 
     def decode(self, frames: jax.Array, latent_actions: jax.Array) -> jax.Array:
         """Frames (B, T, H, W, C) uint8 and (B, T-1, E) unit-norm actions -> (B, T-1, H, W, C).
@@ -123,14 +123,7 @@ class LatentActionModel(nnx.Module):
         expected = (frames.shape[0], frames.shape[1] - 1)
         if actions.shape != expected:
             raise ValueError(f"expected actions of shape {expected}, got {tuple(actions.shape)}")
-        if not isinstance(actions, jax.core.Tracer):
-            low, high = int(jnp.min(actions)), int(jnp.max(actions))
-            k = self.num_actions
-            if low < 0 or high >= k:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"action {bad} is outside the codebook of {k} latent actions (0..{k - 1})"
-                )
+        check_actions(actions, self.num_actions)
         return self.decode(frames, self.vq.lookup(actions))
 
     def __call__(
@@ -173,30 +166,3 @@ def lam_loss(
         "action_gain": random_mse - jax.lax.stop_gradient(mse),
     }
     return loss, metrics
-
-
-@nnx.jit
-def _predictions(model: LatentActionModel, frames: jax.Array, key: jax.Array):
-    """Predictions of frames[:, 1:] under the inferred and under uniformly random actions."""
-    actions = model.infer_actions(frames)
-    random_actions = jax.random.randint(key, actions.shape, 0, model.num_actions)
-    return model.reconstruct(frames, actions), model.reconstruct(frames, random_actions)
-
-
-def lam_images(
-    model: LatentActionModel,
-    frames: jax.Array,
-    key: jax.Array | None = None,
-    max_clips: int = 2,
-    max_frames: int = 8,
-) -> np.ndarray:
-    """A PNG-ready uint8 grid; per clip three rows: the real next frames x_2..x_T, their
-    predictions under the inferred actions, and under uniformly random actions."""
-    frames = jnp.asarray(frames[:max_clips, :max_frames])
-    key = jax.random.key(0) if key is None else key
-    predicted, predicted_random = map(np.asarray, _predictions(model, frames, key))
-    real = np.asarray(frames_to_unit(frames[:, 1:]))
-    rows = []
-    for clip in range(frames.shape[0]):
-        rows += [real[clip], predicted[clip], predicted_random[clip]]
-    return frame_grid(rows)

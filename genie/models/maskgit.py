@@ -12,6 +12,9 @@ after `frame_index` are ignored (temporal attention is causal).
 Key/value cache: the frames before `frame_index` are the same at every MaskGIT step, so their
 per-layer temporal keys and values are computed once per frame (`DynamicsModel.prefill`) and each
 step runs only the N + 1 tokens of the frame being generated through the blocks.
+
+Keys: one PRNG key for the whole batch, or a batch of keys, one per clip ((B,) typed keys or
+(B, 2) raw ones), with which a clip's samples do not depend on the other clips of the batch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 from flax import nnx
 
 from genie.models.dynamics import DynamicsModel
+from genie.models.lam import check_actions
+from genie.models.vq import check_codes
 
 SCHEDULES = ("cosine", "linear")
 
@@ -58,6 +63,32 @@ def masked_counts(num_tokens: int, steps: int, schedule: str) -> np.ndarray:
     return counts
 
 
+def _per_clip(key: jax.Array) -> bool:
+    """True for a batch of keys, one per clip: (B,) typed keys or (B, 2) raw uint32 keys."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim == (1 if typed else 2)
+
+
+def fold_in(key: jax.Array, data) -> jax.Array:
+    """`jax.random.fold_in` of one key or of each key of a per-clip batch."""
+    if _per_clip(key):
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+    return jax.random.fold_in(key, data)
+
+
+def _split(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if _per_clip(key):
+        pair = jax.vmap(jax.random.split)(key)
+        return pair[:, 0], pair[:, 1]
+    pair = jax.random.split(key)
+    return pair[0], pair[1]
+
+
+def _check_key(key: jax.Array, batch: int) -> None:
+    if _per_clip(key) and key.shape[0] != batch:
+        raise ValueError(f"got {key.shape[0]} per-clip keys for a batch of {batch} clips")
+
+
 def sample_frame(
     model: DynamicsModel,
     tokens: jax.Array,
@@ -79,9 +110,11 @@ def sample_frame(
     choice_temperature > 0 adds MaskGIT's annealed Gumbel noise, choice_temperature *
     (1 - (s+1)/steps) * Gumbel, to the log-confidences that choose which tokens to keep
     (Chang et al. 2022 use 4.5); the default 0 ranks by the model's confidence alone, as the
-    sampled tokens are random already at temperature 1.
+    sampled tokens are random already at temperature 1. `key` is one key or one per clip.
     """
     batch, frames, patches = tokens.shape
+    _check_key(key, batch)
+    per_clip = _per_clip(key)
     frame_index = jnp.asarray(frame_index, jnp.int32)
     counts = jnp.asarray(masked_counts(patches, steps, schedule))
 
@@ -103,16 +136,23 @@ def sample_frame(
     def refine(step, carry):
         frame_tokens, frame_mask = carry
         logits = predict(frame_tokens, frame_mask)  # (B, N, K)
-        sample_key, choice_key = jax.random.split(jax.random.fold_in(key, step))
+        sample_key, choice_key = _split(fold_in(key, step))
         if temperature == 0:
             sampled = logits.argmax(-1).astype(jnp.int32)
+        elif per_clip:
+            sampled = jax.vmap(jax.random.categorical)(sample_key, logits / temperature)
         else:
-            sampled = jax.random.categorical(sample_key, logits / temperature).astype(jnp.int32)
+            sampled = jax.random.categorical(sample_key, logits / temperature)
+        sampled = sampled.astype(jnp.int32)
         log_probs = jax.nn.log_softmax(logits)
         confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
         if choice_temperature > 0:
             anneal = choice_temperature * (1.0 - (step + 1) / steps)
-            confidence = confidence + anneal * jax.random.gumbel(choice_key, confidence.shape)
+            if per_clip:
+                gumbel = jax.vmap(lambda k: jax.random.gumbel(k, (patches,)))(choice_key)
+            else:
+                gumbel = jax.random.gumbel(choice_key, confidence.shape)
+            confidence = confidence + anneal * gumbel
         # Tokens kept earlier stay kept: infinitely confident.
         confidence = jnp.where(frame_mask, confidence, jnp.inf)
         sampled = jnp.where(frame_mask, sampled, frame_tokens)
@@ -132,16 +172,23 @@ def _sample_frame_compiled(graphdef, state, tokens, actions, frame_index, key, *
     return sample_frame(nnx.merge(graphdef, state), tokens, actions, frame_index, key, **options)
 
 
-def _check_ids(name: str, ids, count: int) -> None:
-    if isinstance(ids, jax.core.Tracer) or np.size(ids) == 0:
-        return
-    ids = np.asarray(ids)
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or high >= count:
-        bad = low if low < 0 else high
-        raise ValueError(
-            f"{name} {bad} is outside the codebook of {count} ({name}s 0..{count - 1})"
-        )
+def _check_ids(model: DynamicsModel, tokens, actions) -> None:
+    """Token and latent action ids in range; copies concrete device arrays to the host, so
+    `rollout` calls it once, not per frame."""
+    check_codes(tokens, model.num_codes, name="token", codebook="video tokens")
+    check_actions(actions, model.num_actions)
+
+
+def _options(steps, temperature, schedule, choice_temperature, use_cache) -> dict:
+    """The static arguments of `_sample_frame_compiled`, normalised so that equal options hit
+    the same compiled function."""
+    return dict(
+        steps=steps,
+        temperature=float(temperature),
+        schedule=schedule,
+        choice_temperature=float(choice_temperature),
+        use_cache=use_cache,
+    )
 
 
 def sample_frame_jit(
@@ -164,8 +211,7 @@ def sample_frame_jit(
         raise ValueError(
             f"frame_index {frame_index} must be in 1..{frames - 1}: frame 0 has no action"
         )
-    _check_ids("token", tokens, model.num_codes)
-    _check_ids("latent action", actions, model.num_actions)
+    _check_ids(model, tokens, actions)
     graphdef, state = nnx.split(model)
     return _sample_frame_compiled(
         graphdef,
@@ -174,11 +220,7 @@ def sample_frame_jit(
         jnp.asarray(actions, jnp.int32),
         jnp.asarray(frame_index, jnp.int32),
         key,
-        steps=steps,
-        temperature=float(temperature),
-        schedule=schedule,
-        choice_temperature=float(choice_temperature),
-        use_cache=use_cache,
+        **_options(steps, temperature, schedule, choice_temperature, use_cache),
     )
 
 
@@ -201,7 +243,8 @@ def rollout(
     prompt_actions (B, T0-1) are the latent actions between the prompt's frames (e.g. inferred by
     the LAM) and are required when T0 > 1: the model was trained with them.
     The context is a sliding window of the model's max_frames (the newest max_frames - 1 frames
-    plus the one being generated); every frame reuses one compiled `sample_frame_jit`.
+    plus the one being generated); every frame reuses one compiled `sample_frame`. The ids are
+    checked and the model split once, before the first frame; `key` is one key or one per clip.
     """
     batch, prompt_frames, patches = tokens.shape
     window = model.max_frames
@@ -219,6 +262,11 @@ def rollout(
         )
     if window < 2:
         raise ValueError(f"rollout needs a model with max_frames >= 2, got {window}")
+    _check_key(key, batch)
+    # Generated tokens are in range by construction: only the inputs need checking.
+    _check_ids(model, tokens, jnp.concatenate([prompt_actions, actions], axis=1))
+    graphdef, state = nnx.split(model)
+    options = _options(steps, temperature, schedule, choice_temperature, use_cache)
     history = jnp.asarray(tokens, jnp.int32)
     history_actions = jnp.asarray(prompt_actions, jnp.int32)
     new_frames = []
@@ -230,17 +278,14 @@ def rollout(
         buffer = jnp.zeros((batch, window, patches), jnp.int32).at[:, :frame_index].set(context)
         buffer_actions = jnp.zeros((batch, window - 1), jnp.int32)
         buffer_actions = buffer_actions.at[:, :frame_index].set(history_actions[:, -frame_index:])
-        frame = sample_frame_jit(
-            model,
+        frame = _sample_frame_compiled(
+            graphdef,
+            state,
             buffer,
             buffer_actions,
             jnp.int32(frame_index),
-            jax.random.fold_in(key, step),
-            steps=steps,
-            temperature=temperature,
-            schedule=schedule,
-            choice_temperature=choice_temperature,
-            use_cache=use_cache,
+            fold_in(key, step),
+            **options,
         )
         new_frames.append(frame)
         history = jnp.concatenate([history[:, -(window - 1) :], frame[:, None]], axis=1)

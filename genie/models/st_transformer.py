@@ -149,7 +149,9 @@ class STTransformer(nnx.Module):
     """Input projection, learned spatial + temporal position embeddings (once), ST blocks.
 
     `max_frames` bounds T; a shorter clip uses the first T temporal embeddings, so a model
-    trained on T frames can be run on a growing context of 1..T frames.
+    trained on T frames can be run on a growing context of 1..T frames. The output projection
+    computes in `output_dtype` (default: `dtype`); the dynamics model asks for float32 logits so
+    that softmax and cross-entropy statistics are float32.
     """
 
     def __init__(
@@ -162,10 +164,12 @@ class STTransformer(nnx.Module):
         max_frames: int,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
+        output_dtype=None,
         rngs: nnx.Rngs,
     ):
         width, kw = config.width, dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
+        self.output_dtype = dtype if output_dtype is None else output_dtype
         self.num_patches, self.max_frames = num_patches, max_frames
         self.input_projection = nnx.Linear(in_features, width, **kw)
         init = nnx.initializers.normal(0.02)
@@ -178,10 +182,13 @@ class STTransformer(nnx.Module):
             ]
         )
         self.final_norm = _layer_norm(width, param_dtype, rngs)
-        self.output_projection = nnx.Linear(width, out_features, **kw)
+        self.output_projection = nnx.Linear(
+            width, out_features, dtype=self.output_dtype, param_dtype=param_dtype, rngs=rngs
+        )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, T, N, in_features) -> (B, T, N, out_features), causal in T."""
+    def _embed(self, x: jax.Array) -> jax.Array:
+        """(B, T, N, in_features) -> (B, T, N, D): input projection plus position embeddings,
+        added once here and never again in the blocks."""
         frames, patches = x.shape[1], x.shape[2]
         if patches != self.num_patches:
             raise ValueError(f"expected {self.num_patches} patches per frame, got {patches}")
@@ -191,10 +198,17 @@ class STTransformer(nnx.Module):
             )
         x = self.input_projection(x.astype(self.dtype))
         position = self.temporal_position[:frames, None, :] + self.spatial_position[None, :, :]
-        x = x + position.astype(x.dtype)
+        return x + position.astype(x.dtype)
+
+    def _output(self, x: jax.Array) -> jax.Array:
+        return self.output_projection(self.final_norm(x).astype(self.output_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, T, N, in_features) -> (B, T, N, out_features), causal in T."""
+        x = self._embed(x)
         for block in self.blocks:
             x = block(x)
-        return self.output_projection(self.final_norm(x).astype(self.dtype))
+        return self._output(x)
 
     # Key/value cache for decoding one frame many times against a fixed context (the dynamics
     # model's MaskGIT steps): frames before t never change, and causality means their
@@ -202,14 +216,7 @@ class STTransformer(nnx.Module):
 
     def prefill(self, x: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
         """(B, T, N, in_features) -> per block, temporal keys, values (B*N, T, heads, D/heads)."""
-        frames = x.shape[1]
-        if frames > self.max_frames:
-            raise ValueError(
-                f"got {frames} frames; this model was built for at most {self.max_frames}"
-            )
-        x = self.input_projection(x.astype(self.dtype))
-        position = self.temporal_position[:frames, None, :] + self.spatial_position[None, :, :]
-        x = x + position.astype(x.dtype)
+        x = self._embed(x)
         cache = []
         for block in self.blocks:
             x, block_cache = block.prefill(x)
@@ -230,4 +237,4 @@ class STTransformer(nnx.Module):
         x = x + position.astype(x.dtype)
         for block, block_cache in zip(self.blocks, cache, strict=True):
             x = block.decode_frame(x, block_cache, frame_index)
-        return self.output_projection(self.final_norm(x).astype(self.dtype))
+        return self._output(x)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from genie.config import TokenizerConfig
@@ -25,6 +24,13 @@ CHANNELS = 3
 def frames_to_unit(frames: jax.Array) -> jax.Array:
     """(..., H, W, C) uint8 -> float32 in [0, 1]."""
     return frames.astype(jnp.float32) / 255.0
+
+
+def unit_to_uint8(pixels: jax.Array) -> jax.Array:
+    """Float pixels in ~[0, 1] -> uint8 floor(clip(x, 0, 1) * 255 + 0.5), traceable; the same
+    rounding (half up) as `genie.plots.to_uint8` on the host."""
+    unit = jnp.clip(pixels.astype(jnp.float32), 0.0, 1.0)
+    return jnp.floor(unit * 255.0 + 0.5).astype(jnp.uint8)
 
 
 def check_frames(frames: jax.Array, image_size: int, what: str) -> None:
@@ -139,38 +145,3 @@ def tokenizer_loss(
         "perplexity": out["perplexity"],
     }
     return loss, metrics
-
-
-def frame_grid(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
-    """Rows of (T, H, W, C) float frames in [0, 1] -> one (rows*H, T*W, C) uint8 image.
-
-    Rows and frames are separated by `gap` white pixels.
-    """
-    num_frames = max(row.shape[0] for row in rows)
-    height, width = rows[0].shape[1:3]
-    grid = np.full(
-        (len(rows) * (height + gap) - gap, num_frames * (width + gap) - gap, CHANNELS),
-        255,
-        np.uint8,
-    )
-    for r, row in enumerate(rows):
-        pixels = np.round(np.clip(np.asarray(row, np.float32), 0.0, 1.0) * 255).astype(np.uint8)
-        for t, frame in enumerate(pixels):
-            y, x = r * (height + gap), t * (width + gap)
-            grid[y : y + height, x : x + width] = frame
-    return grid
-
-
-@nnx.jit
-def _reconstruct(model: VideoTokenizer, frames: jax.Array) -> jax.Array:
-    return model.decode(model.tokenize(frames))
-
-
-def tokenizer_images(
-    model: VideoTokenizer, frames: jax.Array, max_clips: int = 4, max_frames: int = 8
-) -> np.ndarray:
-    """A PNG-ready uint8 grid: original clips in the top rows, reconstructions below."""
-    frames = jnp.asarray(frames[:max_clips, :max_frames])
-    reconstruction = np.asarray(_reconstruct(model, frames))
-    originals = np.asarray(frames_to_unit(frames))
-    return frame_grid(list(originals) + list(reconstruction))

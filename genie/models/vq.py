@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -23,6 +24,24 @@ class CodebookStat(nnx.Variable):
 
 def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def check_codes(codes, num_codes: int, *, name: str, codebook: str) -> None:
+    """Raises a ValueError naming the first bad id if `codes` (any shape) holds one outside
+    0..num_codes-1, e.g. "action 7 is outside the codebook of 6 latent actions (0..5)".
+
+    Reads concrete arrays on the host (a device array is copied once); traced ones pass unchecked.
+    """
+    if isinstance(codes, jax.core.Tracer) or np.size(codes) == 0:
+        return
+    codes = np.asarray(codes)
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= num_codes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} {bad} is outside the codebook of {num_codes} {codebook} "
+            f"(0..{num_codes - 1})"
+        )
 
 
 # Re-initialised codes are a recent encoder output plus this much Gaussian noise (on the unit

@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from genie.config import TokenizerConfig, TransformerConfig
-from genie.models.tokenizer import VideoTokenizer, tokenizer_images, tokenizer_loss
+from genie import plots
+from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
 
 TINY = TransformerConfig(width=16, depth=1, heads=2, mlp_ratio=2.0)
 CONFIG = TokenizerConfig(
@@ -113,11 +114,21 @@ def test_same_key_same_loss_and_update():
     )
 
 
-def test_images_and_input_checks():
+def test_unit_to_uint8_rounds_half_up_like_plots_to_uint8():
+    # Every 1/255 step and the half-way points between them, plus values outside [0, 1].
+    values = np.concatenate(
+        [np.arange(-2, 2 * 255 + 3) / np.float32(2 * 255), np.linspace(-1, 2, 10001)]
+    ).astype(np.float32)
+    on_device = np.asarray(jax.jit(unit_to_uint8)(jnp.asarray(values)))
+    np.testing.assert_array_equal(on_device, plots.to_uint8(values))
+    np.testing.assert_array_equal(
+        plots.to_uint8(np.array([0.5 / 255, 1.5 / 255, 254.5 / 255, -0.1, 1.1], np.float32)),
+        [1, 2, 255, 0, 255],
+    )
+
+
+def test_input_checks():
     model = make_tokenizer()
-    grid = tokenizer_images(model, make_frames())
-    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[-1] == 3
-    assert grid.shape[0] == 4 * 8 + 3 * 2 and grid.shape[1] == 4 * 8 + 3 * 2  # 2 clips x 2
     with pytest.raises(ValueError, match=r"\(B, T, 8, 8, 3\)"):
         model.tokenize(make_frames(shape=(1, 2, 16, 16, 3)))
     with pytest.raises(ValueError, match="tokens of shape"):
