@@ -18,7 +18,8 @@ back from the run's config):
 Conventions:
 - PSNR is pooled, -10 log10(mean MSE) over the clips (`genie.metrics`): the headline, because
   about a quarter of consecutive CoinRun frames are byte-identical, where per-frame PSNR is
-  infinite. SSIM is a per-frame mean. Non-finite numbers are written to JSON as the strings "inf", "-inf", "nan".
+  infinite. SSIM is a per-frame mean. Non-finite numbers are written to JSON as the strings
+  "inf", "-inf", "nan".
 - Prompt actions: the context frames' own transitions carry the LAM's inferred actions in both
   rollouts (they describe the real prompt); only the `horizon` actions that follow differ.
 - Random actions are ``np.random.default_rng(seed).integers(0, |A|, (M, horizon))`` for the M

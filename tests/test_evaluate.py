@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,14 +134,46 @@ def test_world_that_ignores_actions_scores_zero_delta(setting):
     )
 
 
-def test_random_actions_do_not_depend_on_batching(setting):
+def sampling_world(
+    clips: np.ndarray, inferred: np.ndarray, context: int
+) -> evaluate.WorldFunctions:
+    """The oracle's tokenizer and LAM with a dynamics model whose every frame is noise drawn
+    from the clip's key, blended with the true future when the actions are obeyed: like a real
+    MaskGIT world, its output depends on the sampling key."""
+    oracle = oracle_world(clips, inferred, context)
+
+    def generate(prompt, prompt_actions, actions, keys):
+        assert keys.shape == (len(prompt),)  # one key per clip
+        shape = (actions.shape[1], *prompt.shape[2:])
+        noise = np.stack([np.asarray(jax.random.uniform(key, shape)) for key in keys])
+        return 0.5 * oracle.generate(prompt, prompt_actions, actions, keys) + 0.5 * noise
+
+    return dataclasses.replace(oracle, generate=generate)
+
+
+@pytest.mark.parametrize("make_world", [oracle_world, sampling_world])
+def test_report_does_not_depend_on_batch_size(setting, make_world):
     clips, inferred = setting
-    world = oracle_world(clips, inferred, 2)
+    world = make_world(clips, inferred, 2)
     reports = [
         evaluate.evaluate(world, clips, context=2, seed=5, batch_size=b, progress=False).report
-        for b in (2, 5)
+        for b in (1, 2, 5)
     ]
-    assert reports[0] == reports[1]
+    assert reports[0] == reports[1] == reports[2]
+    if make_world is sampling_world:  # the key is used: another seed samples other frames
+        other = evaluate.evaluate(world, clips, context=2, seed=6, progress=False).report
+        assert other["rollout"]["psnr"] != reports[0]["rollout"]["psnr"]
+
+
+def test_both_rollouts_of_a_clip_share_its_sampling_key(setting):
+    clips, inferred = setting
+    world = sampling_world(clips, inferred, 2)
+    ignoring = dataclasses.replace(
+        world, generate=lambda p, pa, a, keys: world.generate(p, pa, np.zeros_like(a), keys)
+    )
+    report = evaluate.evaluate(ignoring, clips, context=2, horizon=3, progress=False).report
+    # Same key, same noise: a world that ignores its actions scores exactly zero ΔtPSNR.
+    assert report["delta_psnr"]["by_step"] == [0.0, 0.0, 0.0]
 
 
 def test_files_are_written_and_readable(setting, tmp_path):

@@ -36,8 +36,8 @@ from genie.models.vq import VectorQuantizer, check_codes
 
 
 def check_actions(actions, num_actions: int) -> None:
-    """"action 7 is outside the codebook of 6 latent actions (0..5)" for a concrete id outside
-    0..num_actions-1; traced actions pass unchecked."""
+    """Raises "action 7 is outside the codebook of 6 latent actions (0..5)" for a concrete id
+    outside 0..num_actions-1; traced actions pass unchecked."""
     check_codes(actions, num_actions, name="action", codebook="latent actions")
 
 

@@ -39,8 +39,7 @@ def check_codes(codes, num_codes: int, *, name: str, codebook: str) -> None:
     if low < 0 or high >= num_codes:
         bad = low if low < 0 else high
         raise ValueError(
-            f"{name} {bad} is outside the codebook of {num_codes} {codebook} "
-            f"(0..{num_codes - 1})"
+            f"{name} {bad} is outside the codebook of {num_codes} {codebook} (0..{num_codes - 1})"
         )
 
 

@@ -51,6 +51,24 @@ def test_logits_shape_and_dtype(model):
     assert np.isfinite(np.asarray(logits)).all()
 
 
+def test_bfloat16_compute_gives_float32_logits():
+    bf16 = DynamicsModel(
+        CONFIG,
+        num_codes=K,
+        num_actions=A,
+        num_patches=N,
+        max_frames=T,
+        dtype=jnp.bfloat16,
+        rngs=nnx.Rngs(0),
+    )
+    assert bf16.transformer.blocks[0].mlp.up.kernel.dtype == jnp.float32  # params stay fp32
+    logits = np.asarray(forward(bf16, *make_batch()))
+    assert logits.dtype == np.float32
+    # Computed by a float32 output projection, not a bfloat16 one cast up afterwards.
+    rounded = logits.astype(jnp.bfloat16).astype(np.float32)
+    assert np.mean(logits != rounded) > 0.5
+
+
 @pytest.mark.parametrize("t", [0, 1, 2])
 def test_action_t_conditions_frame_t_plus_1_only(model, t):
     tokens, actions, mask = make_batch()

@@ -141,6 +141,17 @@ def test_learns_to_use_the_action_on_a_toy_world():
     assert np.mean(gain[-10:]) > 0.005, gain
 
 
+def test_bfloat16_compute_infers_actions_and_float32_predictions():
+    model = LatentActionModel(
+        CONFIG, image_size=8, max_frames=T, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )
+    frames = make_frames()
+    actions = infer_actions(model, frames)
+    assert actions.shape == (B, T - 1) and int(actions.min()) >= 0 and int(actions.max()) < 4
+    prediction = reconstruct(model, frames, actions)
+    assert prediction.dtype == jnp.float32 and np.isfinite(np.asarray(prediction)).all()
+
+
 def test_input_checks():
     model = make_lam()
     with pytest.raises(ValueError, match=r"action 4 is outside the codebook of 4 latent actions"):

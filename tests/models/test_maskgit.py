@@ -176,7 +176,51 @@ def test_rollout_demands_the_prompts_actions(model):
 
 def test_rejects_out_of_range_inputs(model):
     tokens, actions = make_clip()
+    key = jax.random.key(0)
     with pytest.raises(ValueError, match="frame_index 0"):
-        sample_frame_jit(model, tokens, actions, 0, jax.random.key(0), **SAMPLING)
-    with pytest.raises(ValueError, match="latent action 3 is outside"):
-        sample_frame_jit(model, tokens, actions.at[0, 0].set(A), 1, jax.random.key(0), **SAMPLING)
+        sample_frame_jit(model, tokens, actions, 0, key, **SAMPLING)
+    with pytest.raises(ValueError, match=r"action 3 is outside the codebook of 3 latent actions"):
+        sample_frame_jit(model, tokens, actions.at[0, 0].set(A), 1, key, **SAMPLING)
+    with pytest.raises(ValueError, match=r"token 16 is outside the codebook of 16 video tokens"):
+        sample_frame_jit(model, tokens.at[1, 0, 0].set(K), actions, 1, key, **SAMPLING)
+    with pytest.raises(ValueError, match="action -1 is outside"):
+        rollout(model, tokens[:, :1], actions.at[1, 2].set(-1), key, **SAMPLING)
+    with pytest.raises(ValueError, match="3 per-clip keys for a batch of 2"):
+        rollout(model, tokens[:, :1], actions, jax.random.split(key, 3), **SAMPLING)
+
+
+def test_rollout_checks_ids_and_splits_the_model_once(model, monkeypatch):
+    calls = {"check": 0, "split": 0}
+    check, split = maskgit._check_ids, nnx.split
+
+    def counting_check(*args):
+        calls["check"] += 1
+        return check(*args)
+
+    def counting_split(*args):
+        calls["split"] += 1
+        return split(*args)
+
+    monkeypatch.setattr(maskgit, "_check_ids", counting_check)
+    monkeypatch.setattr(maskgit.nnx, "split", counting_split)
+    tokens, actions = make_clip()
+    frames = rollout(model, tokens[:, :1], actions, jax.random.key(0), **SAMPLING)
+    assert frames.shape == (B, T - 1, N)
+    assert calls == {"check": 1, "split": 1}
+
+
+@pytest.mark.parametrize("options", [SAMPLING, dict(SAMPLING, choice_temperature=4.5)])
+def test_per_clip_keys_make_a_clips_sample_independent_of_its_batch(model, options):
+    tokens, actions = make_clip()
+    keys = jax.random.split(jax.random.key(7), B)
+    frame = sample_frame_jit(model, tokens, actions, 2, keys, **options)
+    swapped = sample_frame_jit(model, tokens[::-1], actions[::-1], 2, keys[::-1], **options)
+    np.testing.assert_array_equal(frame, swapped[::-1])
+    # Not one key broadcast: the same clip with two keys samples two frames.
+    twins = sample_frame_jit(
+        model, tokens[:1].repeat(B, 0), actions[:1].repeat(B, 0), 2, keys, **options
+    )
+    assert not np.array_equal(twins[0], twins[1])
+    generated = rollout(model, tokens[:, :1], actions, keys, **options)
+    swapped = rollout(model, tokens[::-1, :1], actions[::-1], keys[::-1], **options)
+    np.testing.assert_array_equal(generated, swapped[::-1])

@@ -5,8 +5,8 @@ import optax
 import pytest
 from flax import nnx
 
-from genie.config import TokenizerConfig, TransformerConfig
 from genie import plots
+from genie.config import TokenizerConfig, TransformerConfig
 from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
 
 TINY = TransformerConfig(width=16, depth=1, heads=2, mlp_ratio=2.0)
