@@ -64,6 +64,13 @@ class LAMConfig:
     decoder: TransformerConfig = TransformerConfig()
     commitment_weight: float = 0.25
     dead_code_steps: int = 100
+    # "entry": each entry of the code fed to the decoder has RMS 1, like one pixel value;
+    # "patch": the whole code carries the energy of a patch's P*P*C pixels, so a small code is
+    # not drowned out by a large patch.
+    action_scale: Literal["entry", "patch"] = "entry"
+    # Reconstruction loss weight 1 + changed_pixel_weight on pixels that differ between x_t and
+    # x_{t+1}: the little that moves is where the action shows.
+    changed_pixel_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ Design:
   frames[:, :t+2].
 - Decoder: causal ST transformer over the patches of x_1..x_{T-1}. Every patch token of frame t
   receives the quantised a_t (concatenated to the patch before the input projection, i.e. a
-  learned projection of a_t added to every token, scaled so it carries as much energy as the
-  pixels), and frame t's outputs predict the change x_{t+1} - x_t. The prediction of x_{t+1}
-  therefore depends on x_1..x_t and a_1..a_t only.
+  learned projection of a_t added to every token, scaled (LAMConfig.action_scale) to the
+  pixels' order of magnitude), and frame t's outputs predict the change x_{t+1} - x_t. The
+  prediction of x_{t+1} therefore depends on x_1..x_t and a_1..a_t only.
 
 Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, D width, E code_dim.
 """
@@ -33,6 +33,10 @@ from genie.config import LAMConfig
 from genie.models.st_transformer import STTransformer, patchify, unpatchify
 from genie.models.tokenizer import CHANNELS, check_frames, frames_to_unit, psnr, shrink_output
 from genie.models.vq import VectorQuantizer, check_codes
+
+# A pixel counts as changed between x_t and x_{t+1} when a channel moves by more than this
+# (about 13 of 255 levels), well above compression noise.
+_CHANGED_PIXEL_THRESHOLD = 0.05
 
 
 def check_actions(actions, num_actions: int) -> None:
@@ -62,7 +66,10 @@ class LatentActionModel(nnx.Module):
         self.num_patches = (image_size // config.patch_size) ** 2
         self.num_actions = config.num_codes
         self.code_dim = config.code_dim
+        self.changed_pixel_weight = config.changed_pixel_weight
         patch_dim = config.patch_size**2 * CHANNELS
+        scaled_dim = config.code_dim if config.action_scale == "entry" else patch_dim
+        self.action_input_scale = math.sqrt(scaled_dim)
         kw = dict(num_patches=self.num_patches, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         width = config.encoder.width
         self.encoder = STTransformer(patch_dim, width, config.encoder, max_frames=max_frames, **kw)
@@ -105,10 +112,12 @@ class LatentActionModel(nnx.Module):
         context = frames_to_unit(frames[:, :-1])
         patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
         # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
-        # magnitude so the action is not a faint whisper next to P*P*C pixel values.
-        action = latent_actions.astype(jnp.float32) * math.sqrt(self.code_dim)
+        # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so
+        # the action is not a faint whisper next to the pixels.
+        action = latent_actions.astype(jnp.float32) * self.action_input_scale
         action = repeat(action, "b t e -> b t n e", n=self.num_patches)
-        delta = self.decoder(jnp.concatenate([patches, action], axis=-1)).astype(jnp.float32)
+        inputs = jnp.concatenate([patches, action], axis=-1)  # (B, T-1, N, P*P*C+E)
+        delta = self.decoder(inputs).astype(jnp.float32)
         size = self.image_size
         return context + unpatchify(delta, self.patch_size, size, size)
 
@@ -148,8 +157,13 @@ def lam_loss(
     vq_key, action_key = jax.random.split(key)
     out = model(frames, training=True, key=vq_key)
     target = frames_to_unit(frames[:, 1:])
-    mse = jnp.mean((out["reconstruction"] - target) ** 2)
-    loss = mse + out["codebook_loss"] + out["commitment_loss"]
+    squared_error = (out["reconstruction"] - target) ** 2
+    mse = jnp.mean(squared_error)
+    # Most pixels repeat x_t; weighting the ones that change keeps the action's small share of
+    # the error from vanishing in the mean (LAMConfig.changed_pixel_weight).
+    change = jnp.abs(target - frames_to_unit(frames[:, :-1])).max(axis=-1, keepdims=True)
+    weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
+    loss = jnp.mean(weight * squared_error) + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)
     random_prediction = jax.lax.stop_gradient(model.reconstruct(frames, random_actions))

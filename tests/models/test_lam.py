@@ -158,3 +158,41 @@ def test_input_checks():
         model.reconstruct(make_frames(), jnp.full((B, T - 1), 4, jnp.int32))
     with pytest.raises(ValueError, match="at least 2 frames"):
         model.infer_actions(make_frames(shape=(B, 1, 8, 8, 3)))
+
+
+def test_patch_action_scale_makes_the_action_count_as_much_as_the_patch():
+    frames = make_frames()
+    effects = {}
+    for scale in ("entry", "patch"):
+        config = LAMConfig(
+            patch_size=4, num_codes=4, code_dim=8, encoder=TINY, decoder=TINY, action_scale=scale
+        )
+        model = LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(0))
+        zeros = jnp.zeros((B, T - 1), jnp.int32)
+        moved = reconstruct(model, frames, zeros.at[:, 0].set(1)) - reconstruct(
+            model, frames, zeros
+        )
+        effects[scale] = float(jnp.abs(moved[:, 0]).mean())
+    # Same parameters (same seed); a 4x4x3 patch has 48 values against 8 code entries.
+    assert effects["patch"] > 1.2 * effects["entry"]
+
+
+@pytest.mark.parametrize("weight", [0.0, 9.0])
+def test_changed_pixel_weight_scales_the_error_only_where_the_frame_changed(weight):
+    config = LAMConfig(
+        patch_size=4,
+        num_codes=4,
+        code_dim=8,
+        encoder=TINY,
+        decoder=TINY,
+        changed_pixel_weight=weight,
+    )
+    model = LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(0))
+    key = jax.random.key(0)
+    static = jnp.broadcast_to(make_frames()[:, :1], (B, T, 8, 8, 3))
+    flicker = jnp.where(jnp.arange(T)[None, :, None, None, None] % 2, 255, 0).astype(jnp.uint8)
+    flicker = jnp.broadcast_to(flicker, (B, T, 8, 8, 3))
+    for frames, factor in ((static, 1.0), (flicker, 1.0 + weight)):
+        loss, metrics = lam_loss(model, frames, key)
+        reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
+        np.testing.assert_allclose(reconstruction, factor * metrics["mse"], rtol=1e-5)
