@@ -3,7 +3,7 @@
 A run folder holds one sub-folder per stage:
 
     runs/<name>/<stage>/config.json        the full Config the stage was trained with
-    runs/<name>/<stage>/checkpoints/<step>/ orbax: model, optimizer, data-iterator state
+    runs/<name>/<stage>/checkpoints/<step>/ orbax: config, model, optimizer, data-iterator state
     runs/<name>/<stage>/metrics.jsonl, tensorboard/, images/
 
 The model, the optimizer and the grain iterator are separate items of one orbax checkpoint, so
@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from genie.config import STAGES, Config, Stage, load_config
+from genie.config import STAGES, Config, Stage, from_dict, load_config, to_dict
 
 
 def stage_path(run_dir: str | Path, stage: Stage) -> Path:
@@ -44,8 +44,12 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def save(manager: ocp.CheckpointManager, step: int, model, optimizer, iterator) -> None:
+def save(
+    manager: ocp.CheckpointManager, step: int, model, optimizer, iterator, config: Config
+) -> None:
+    """Writes one step: model, optimizer, data-iterator position and the full config."""
     items = dict(
+        config=ocp.args.JsonSave(to_dict(config)),
         model=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(model))),
         optimizer=ocp.args.StandardSave(nnx.to_pure_dict(nnx.state(optimizer))),
     )
@@ -75,6 +79,13 @@ def restore(manager: ocp.CheckpointManager, model, optimizer=None, iterator=None
     if optimizer is not None:
         _update(optimizer, restored["optimizer"])
     return step
+
+
+def saved_config(manager: ocp.CheckpointManager, step: int | None = None) -> Config:
+    """The config stored inside a checkpoint (the latest one unless `step` is given)."""
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return from_dict(Config, restored["config"])
 
 
 def _update(module, pure_dict) -> None:

@@ -288,7 +288,7 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                     _save_images(writer, stage, graphdef, state, frozen, local, image_key, done)
                 if saving:
                     model, optimizer = nnx.merge(graphdef, state)
-                    checkpoint.save(manager, done, model, optimizer, data_iterator)
+                    checkpoint.save(manager, done, model, optimizer, data_iterator, config)
                     last_saved = done
                 if stopping:
                     log.warning("%s received: saved step %d in %s", stop.signal, done, folder)

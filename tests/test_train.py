@@ -80,6 +80,8 @@ def test_config_is_saved_and_read_back(tmp_path):
     assert load_config(tmp_path / "tokenizer") == config
     _, saved = checkpoint.load_model(tmp_path, "tokenizer")
     assert saved == config
+    manager = checkpoint.checkpoint_manager(tmp_path / "tokenizer", read_only=True)
+    assert checkpoint.saved_config(manager) == config  # inside the checkpoint step too
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
