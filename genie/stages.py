@@ -20,6 +20,7 @@ from genie.config import Config
 from genie.models.dynamics import DynamicsModel, dynamics_loss
 from genie.models.lam import LatentActionModel, lam_loss
 from genie.models.maskgit import rollout
+from genie.models.st_transformer import patches_per_frame
 from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
 
 
@@ -40,7 +41,7 @@ def build_model(config: Config, stage: str, rngs: nnx.Rngs) -> nnx.Module:
             config.dynamics,
             num_codes=config.tokenizer.num_codes,
             num_actions=config.lam.num_codes,
-            num_patches=(data.image_size // config.tokenizer.patch_size) ** 2,
+            num_patches=patches_per_frame(data.image_size, config.tokenizer.patch_size),
             max_frames=data.clip_frames,
             **precision,
         )

@@ -30,7 +30,12 @@ from einops import repeat
 from flax import nnx
 
 from genie.config import LAMConfig
-from genie.models.st_transformer import STTransformer, patchify, unpatchify
+from genie.models.st_transformer import (
+    STTransformer,
+    patches_per_frame,
+    patchify,
+    unpatchify,
+)
 from genie.models.tokenizer import CHANNELS, check_frames, frames_to_unit, psnr, shrink_output
 from genie.models.vq import VectorQuantizer, check_codes
 
@@ -56,14 +61,10 @@ class LatentActionModel(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if image_size % config.patch_size:
-            raise ValueError(
-                f"image size {image_size} does not divide into patches of {config.patch_size}"
-            )
         if max_frames < 2:
             raise ValueError(f"a latent action needs two frames; max_frames is {max_frames}")
         self.image_size, self.patch_size = image_size, config.patch_size
-        self.num_patches = (image_size // config.patch_size) ** 2
+        self.num_patches = patches_per_frame(image_size, config.patch_size)
         self.num_actions = config.num_codes
         self.code_dim = config.code_dim
         self.changed_pixel_weight = config.changed_pixel_weight
@@ -76,13 +77,7 @@ class LatentActionModel(nnx.Module):
         self.action_projection = nnx.Linear(
             width, config.code_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
-        self.vq = VectorQuantizer(
-            config.num_codes,
-            config.code_dim,
-            commitment_weight=config.commitment_weight,
-            dead_code_steps=config.dead_code_steps,
-            rngs=rngs,
-        )
+        self.vq = VectorQuantizer.from_config(config, rngs=rngs)
         self.decoder = STTransformer(
             patch_dim + config.code_dim, patch_dim, config.decoder, max_frames=max_frames - 1, **kw
         )

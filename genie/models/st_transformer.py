@@ -17,6 +17,13 @@ from flax import nnx
 from genie.config import TransformerConfig
 
 
+def patches_per_frame(image_size: int, patch_size: int) -> int:
+    """N for square frames of `image_size`; a clear error if the patches do not tile them."""
+    if image_size % patch_size:
+        raise ValueError(f"image size {image_size} does not divide into patches of {patch_size}")
+    return (image_size // patch_size) ** 2
+
+
 def patchify(frames: jax.Array, patch_size: int) -> jax.Array:
     """(B, T, H, W, C) -> (B, T, N, P*P*C) with N = (H/P) * (W/P), row-major patches."""
     height, width = frames.shape[-3], frames.shape[-2]

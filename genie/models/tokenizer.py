@@ -15,7 +15,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from genie.config import TokenizerConfig
-from genie.models.st_transformer import STTransformer, patchify, unpatchify
+from genie.models.st_transformer import (
+    STTransformer,
+    patches_per_frame,
+    patchify,
+    unpatchify,
+)
 from genie.models.vq import VectorQuantizer
 
 CHANNELS = 3
@@ -59,12 +64,8 @@ class VideoTokenizer(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if image_size % config.patch_size:
-            raise ValueError(
-                f"image size {image_size} does not divide into patches of {config.patch_size}"
-            )
         self.image_size, self.patch_size = image_size, config.patch_size
-        self.num_patches = (image_size // config.patch_size) ** 2
+        self.num_patches = patches_per_frame(image_size, config.patch_size)
         self.num_codes = config.num_codes
         patch_dim = config.patch_size**2 * CHANNELS
         kw = dict(
@@ -75,13 +76,7 @@ class VideoTokenizer(nnx.Module):
             rngs=rngs,
         )
         self.encoder = STTransformer(patch_dim, config.code_dim, config.encoder, **kw)
-        self.vq = VectorQuantizer(
-            config.num_codes,
-            config.code_dim,
-            commitment_weight=config.commitment_weight,
-            dead_code_steps=config.dead_code_steps,
-            rngs=rngs,
-        )
+        self.vq = VectorQuantizer.from_config(config, rngs=rngs)
         self.decoder = STTransformer(config.code_dim, patch_dim, config.decoder, **kw)
         # Start near mid-grey instead of unit-scale noise around it.
         shrink_output(self.decoder)

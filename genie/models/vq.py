@@ -72,6 +72,18 @@ class VectorQuantizer(nnx.Module):
         # Number of training calls; seeds the buffer refresh when no key is passed.
         self.training_calls = CodebookStat(jnp.zeros((), jnp.int32))
 
+    @classmethod
+    def from_config(cls, config, *, rngs: nnx.Rngs) -> VectorQuantizer:
+        """From a TokenizerConfig or LAMConfig (num_codes, code_dim, commitment_weight,
+        dead_code_steps)."""
+        return cls(
+            config.num_codes,
+            config.code_dim,
+            commitment_weight=config.commitment_weight,
+            dead_code_steps=config.dead_code_steps,
+            rngs=rngs,
+        )
+
     def codes(self) -> jax.Array:
         """(K, E) unit-norm codes, float32."""
         return l2_normalize(self.codebook[...].astype(jnp.float32))
