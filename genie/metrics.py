@@ -40,6 +40,10 @@ COINRUN_ACTION_NAMES: tuple[str, ...] = (
     "right+jump",
 )
 
+# The horizontal part of a collapsed class (class = 2 * horizontal + jump): what a
+# left/none/right probe predicts.
+COINRUN_HORIZONTAL_NAMES: tuple[str, ...] = ("none", "left", "right")
+
 _FLOAT_RANGE_TOLERANCE = 1e-3
 
 
@@ -259,6 +263,16 @@ def code_usage(codes, num_codes: int) -> CodeUsage:
     return CodeUsage(counts, fractions, float(np.exp(_entropy(fractions))))
 
 
+def used_codes(codes, num_codes: int, min_share: float) -> np.ndarray:
+    """The codes that make up at least ``min_share`` of integer ``codes`` (any shape) -> their
+    ids, ascending, int32. Never empty: the most used code counts even below the share (which
+    only happens when more than 1 / min_share codes are used about equally)."""
+    usage = code_usage(codes, num_codes)
+    chosen = usage.fractions >= min_share
+    chosen[np.argmax(usage.counts)] = True
+    return np.flatnonzero(chosen).astype(np.int32)
+
+
 # --------------------------------------------------------------------------------------------
 # Action probing
 
@@ -279,6 +293,15 @@ def collapse_coinrun_actions(actions) -> tuple[np.ndarray, tuple[str, ...]]:
     table = np.zeros(NUM_PROCGEN_ACTIONS, np.int64)
     table[:9] = 2 * horizontal_of_procgen[combo // 3] + (combo % 3 == 2)
     return table[actions], COINRUN_ACTION_NAMES
+
+
+def coinrun_horizontal(classes) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Collapsed CoinRun classes 0..5 (`collapse_coinrun_actions`, any shape) -> (their
+    horizontal direction 0..2 of the same shape, names `COINRUN_HORIZONTAL_NAMES`: none, left,
+    right): jump is dropped."""
+    classes = np.asarray(classes)
+    _check_labels(classes, "classes", len(COINRUN_ACTION_NAMES))
+    return classes // 2, COINRUN_HORIZONTAL_NAMES
 
 
 def confusion_matrix(codes, true_actions, num_codes: int, num_actions: int) -> np.ndarray:

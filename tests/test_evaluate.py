@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import jax
 import numpy as np
@@ -99,7 +100,9 @@ def test_oracle_rollout_is_perfect_and_matches_metrics(setting):
     )
 
     # Random actions: the oracle obeys only when the random draw happens to equal the inferred
-    # actions; rebuild its predictions by hand and compare with genie.metrics.
+    # actions; rebuild its predictions by hand and compare with genie.metrics. Every code is
+    # used here, so the used-code and all-code draws coincide.
+    assert report["delta_psnr"]["used_codes"] == list(range(NUM_ACTIONS))
     random = evaluate.random_actions(3, len(clips), horizon, NUM_ACTIONS)
     targets = clips[:, context : context + horizon]
     lucky = np.all(random == inferred[:, context - 1 : context - 1 + horizon], axis=1)
@@ -107,16 +110,16 @@ def test_oracle_rollout_is_perfect_and_matches_metrics(setting):
         np.where(lucky[:, None, None, None, None], targets, clips[:, context - 1 :][:, :1])
     )
     expected_psnr = metrics.psnr_by_horizon(targets, expected)
-    np.testing.assert_allclose(rollout["psnr"]["random_actions"], expected_psnr)
-    np.testing.assert_array_equal(
-        report["delta_psnr"]["by_step"],
-        metrics.delta_psnr(targets, unit(targets), expected),
-    )
-    assert report["delta_psnr"]["t4"] == report["delta_psnr"]["by_step"][3]
-    assert (
-        report["codebook"]["lam"]["counts"]
-        == np.bincount(inferred.ravel(), minlength=NUM_ACTIONS).tolist()
-    )
+    for name in ("random_used_codes", "random_all_codes"):
+        np.testing.assert_allclose(rollout["psnr"][name], expected_psnr)
+        delta = report["delta_psnr"][name]
+        np.testing.assert_array_equal(
+            delta["by_step"], metrics.delta_psnr(targets, unit(targets), expected)
+        )
+        assert delta["t4"] == delta["by_step"][3]
+    counts = np.bincount(inferred.ravel(), minlength=NUM_ACTIONS)
+    assert report["codebook"]["lam"]["counts"] == counts.tolist()
+    assert report["delta_psnr"]["lam_usage"]["shares"] == (counts / counts.sum()).tolist()
 
 
 def test_world_that_ignores_actions_scores_zero_delta(setting):
@@ -126,12 +129,102 @@ def test_world_that_ignores_actions_scores_zero_delta(setting):
         world, generate=lambda p, pa, a, key: np.repeat(p[:, -1:], a.shape[1], 1)
     )
     report = evaluate.evaluate(ignoring, clips, context=2, horizon=3, progress=False).report
-    assert report["delta_psnr"]["by_step"] == [0.0, 0.0, 0.0]
-    assert report["delta_psnr"]["t4"] is None and "not measured" in report["delta_psnr"]["note"]
+    delta = report["delta_psnr"]
+    for name in ("random_used_codes", "random_all_codes"):
+        assert delta[name]["by_step"] == [0.0, 0.0, 0.0] and delta[name]["t4"] is None
+    assert "not measured" in delta["note"]
     assert (
         report["rollout"]["psnr"]["inferred_actions"]
         == report["rollout"]["psnr"]["repeat_last_frame"]
     )
+
+
+def test_random_actions_draw_only_from_the_given_codes():
+    drawn = evaluate.random_actions(5, 50, 4, [1, 4])
+    assert drawn.shape == (50, 4) and drawn.dtype == np.int32
+    assert np.unique(drawn).tolist() == [1, 4]
+    # Same seed and code set, same draws, whichever model is evaluated.
+    np.testing.assert_array_equal(drawn, evaluate.random_actions(5, 50, 4, np.array([1, 4])))
+    # An int K is the set 0..K-1, drawn identically.
+    np.testing.assert_array_equal(
+        evaluate.random_actions(5, 50, 4, 6), evaluate.random_actions(5, 50, 4, range(6))
+    )
+    with pytest.raises(ValueError, match="at least one latent action"):
+        evaluate.random_actions(0, 2, 2, [])
+
+
+# The dead-code world below: every frame is one grey level, set by the action alone. Codes 0 and
+# 1 (the ones its LAM uses) draw the same frame, so it obeys nothing among them; codes 2 and 3
+# draw other levels, as a dynamics model does for codes it never saw in training.
+GREY_OF_CODE = np.array([0.5, 0.5, 0.75, 0.25], np.float32)
+
+
+def dead_code_world(inferred: np.ndarray, calls: list) -> evaluate.WorldFunctions:
+    """Clips whose first pixel is the clip id; records the actions of every generate() call."""
+
+    def reconstruct(frames):
+        return np.zeros(frames.shape[:2] + (4,), np.int32), unit(frames)
+
+    def infer_actions(frames):
+        return inferred[frames[:, 0, 0, 0, 0]]
+
+    def generate(prompt, prompt_actions, actions, keys):
+        calls.append(actions.copy())
+        grey = GREY_OF_CODE[actions][..., None, None, None]
+        return np.broadcast_to(grey, (*actions.shape, *prompt.shape[2:])).astype(np.float32)
+
+    return evaluate.WorldFunctions(
+        num_codes=4,
+        num_actions=len(GREY_OF_CODE),
+        reconstruct=reconstruct,
+        infer_actions=infer_actions,
+        generate=generate,
+    )
+
+
+def test_used_code_delta_psnr_by_hand():
+    clips = np.zeros((40, 6, 4, 4, 3), np.uint8)  # black targets
+    clips[:, 0, 0, 0, 0] = np.arange(40)
+    inferred = np.zeros((40, 5), np.int32)  # 200 transitions, code 0 unless set below
+    inferred[:10, 0] = 1  # 5%: used
+    inferred[0, 4] = 3  # 0.5%: not used; in the horizon of clip 0 at t = 4
+    calls = []
+    report = evaluate.evaluate(
+        dead_code_world(inferred, calls),
+        clips,
+        context=2,
+        horizon=4,
+        seed=11,
+        batch_size=40,
+        progress=False,
+    ).report
+    delta = report["delta_psnr"]
+    assert delta["used_codes"] == [0, 1] and delta["used_code_share"] == 0.01
+    assert delta["lam_usage"]["counts"] == [189, 10, 0, 1]
+    assert delta["lam_usage"]["shares"] == [0.945, 0.05, 0.0, 0.005]
+
+    # One batch: the inferred, used-code and all-code rollouts, in that order.
+    inferred_calls, used_calls, all_calls = calls
+    np.testing.assert_array_equal(inferred_calls, inferred[:, 1:5])
+    assert set(np.unique(used_calls)) <= {0, 1}
+    np.testing.assert_array_equal(used_calls, evaluate.random_actions(11, 40, 4, [0, 1]))
+    np.testing.assert_array_equal(all_calls, evaluate.random_actions(11, 40, 4, 4))
+
+    # Inferred: grey 0.5 (MSE 0.25) everywhere but clip 0 at t = 4, grey 0.25 (MSE 0.0625).
+    # Random over used codes: grey 0.5 whatever the draw.
+    mse_inferred = np.array([0.25, 0.25, 0.25, (39 * 0.25 + 0.0625) / 40])
+    expected_used = [0.0, 0.0, 0.0, 10 * math.log10(0.25 / 0.2453125)]
+    np.testing.assert_allclose(delta["random_used_codes"]["by_step"], expected_used, atol=1e-12)
+    assert delta["random_used_codes"]["t4"] == pytest.approx(0.0822, abs=1e-4)
+    assert report["rollout"]["psnr"]["random_used_codes"] == pytest.approx(
+        [-10 * math.log10(0.25)] * 4
+    )
+    # Random over all codes: the dead codes' frames make this world look controllable.
+    mse_all = np.mean(np.square(GREY_OF_CODE[all_calls].astype(np.float64)), axis=0)
+    np.testing.assert_allclose(
+        delta["random_all_codes"]["by_step"], 10 * np.log10(mse_all / mse_inferred), rtol=1e-9
+    )
+    assert delta["random_all_codes"]["t4"] > 0.5
 
 
 def sampling_world(
@@ -173,7 +266,8 @@ def test_both_rollouts_of_a_clip_share_its_sampling_key(setting):
     )
     report = evaluate.evaluate(ignoring, clips, context=2, horizon=3, progress=False).report
     # Same key, same noise: a world that ignores its actions scores exactly zero ΔtPSNR.
-    assert report["delta_psnr"]["by_step"] == [0.0, 0.0, 0.0]
+    for name in ("random_used_codes", "random_all_codes"):
+        assert report["delta_psnr"][name]["by_step"] == [0.0, 0.0, 0.0]
 
 
 def test_files_are_written_and_readable(setting, tmp_path):
@@ -185,7 +279,12 @@ def test_files_are_written_and_readable(setting, tmp_path):
     loaded = json.loads(paths["json"].read_text())
     assert loaded["rollout"]["psnr"]["inferred_actions"] == ["inf"] * 4
     assert float(loaded["rollout"]["psnr"]["inferred_actions"][0]) == np.inf
-    assert "| 4 |" in paths["markdown"].read_text()
+    text = paths["markdown"].read_text()
+    assert "| 4 |" in text
+    used = loaded["delta_psnr"]["used_codes"]
+    assert "ΔtPSNR at t=4, random over used codes {" + ", ".join(map(str, used)) in text
+    assert f"ΔtPSNR at t=4, random over all {NUM_ACTIONS} codes" in text
+    assert "LAM code shares | 0: " in text
     with Image.open(paths["plot"]) as image:
         assert image.format == "PNG"
     with Image.open(paths["gif"]) as image:

@@ -131,6 +131,26 @@ def test_code_usage():
         metrics.code_usage(np.array([4]), num_codes=4)
 
 
+def test_used_codes_keep_codes_of_at_least_the_share():
+    # 200 transitions: code 3 has 0.5% (out), code 4 exactly 1% (in), code 5 none.
+    codes = np.repeat(np.arange(5), [147, 30, 20, 1, 2])
+    np.random.default_rng(0).shuffle(codes)
+    used = metrics.used_codes(codes.reshape(40, 5), num_codes=6, min_share=0.01)
+    assert used.tolist() == [0, 1, 2, 4] and used.dtype == np.int32
+    assert metrics.used_codes(codes, 6, min_share=0.12).tolist() == [0, 1]  # code 2: 10%
+    # 200 codes used once each (0.5%): none reaches the share, the most used one is kept.
+    assert metrics.used_codes(np.arange(200), 200, min_share=0.01).tolist() == [0]
+
+
+def test_coinrun_horizontal_drops_jump():
+    horizontal, names = metrics.coinrun_horizontal(np.arange(6).reshape(2, 3))
+    assert names == ("none", "left", "right")
+    # none, jump, left, left+jump, right, right+jump
+    assert horizontal.tolist() == [[0, 0, 1], [1, 2, 2]]
+    with pytest.raises(ValueError):
+        metrics.coinrun_horizontal(np.array([6]))
+
+
 def test_collapse_coinrun_actions_all_fifteen():
     names = metrics.COINRUN_ACTION_NAMES
     # procgen get_combos order: (LEFT, DOWN), (LEFT,), (LEFT, UP), (DOWN,), (), (UP,),
