@@ -126,6 +126,24 @@ class _FramesOnly(grain.transforms.Map):
         return np.ascontiguousarray(record["frames"][: self.clip_frames])
 
 
+class _RandomWindow(grain.transforms.RandomMap):
+    """Drops everything but the frames, cut to `clip_frames` consecutive frames starting at a
+    uniformly random offset, so training reads every stored frame, not only the first ones.
+
+    The offset comes from grain's per-record generator (seeded from the sampler's seed and the
+    record's position in the sampled order), so the crops repeat under the same seed and a
+    restored iterator continues with the same crops.
+    """
+
+    def __init__(self, clip_frames: int):
+        self.clip_frames = clip_frames
+
+    def random_map(self, record, rng: np.random.Generator):
+        frames = record["frames"]
+        start = rng.integers(0, len(frames) - self.clip_frames + 1)
+        return np.ascontiguousarray(frames[start : start + self.clip_frames])
+
+
 def make_loader(
     name: str,
     split: str = "train",
@@ -140,8 +158,13 @@ def make_loader(
     drop_remainder: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    random_window: bool = True,
 ) -> grain.DataLoader:
     """Batches of uint8 frames (B, T, H, W, 3) from dataset `name`, and nothing else.
+
+    With `random_window` each clip is a random window of T consecutive frames of the stored
+    clip, drawn afresh every time it is read (deterministic under `seed`); otherwise, and
+    always when T is the stored length, its first T frames.
 
     `batch_size` is global; each of the `process_count` processes (default: JAX's) gets
     B = batch_size // process_count clips from its own disjoint shard of the split. Shuffling
@@ -168,6 +191,7 @@ def make_loader(
             f"too few for a per-process batch of {per_process}; build more episodes or lower "
             "the batch size"
         )
+    frames = _RandomWindow(t) if random_window else _FramesOnly(t)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=grain.sharding.ShardOptions(
@@ -180,6 +204,6 @@ def make_loader(
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[_FramesOnly(t), grain.transforms.Batch(per_process, drop_remainder)],
+        operations=[frames, grain.transforms.Batch(per_process, drop_remainder)],
         worker_count=worker_count,
     )

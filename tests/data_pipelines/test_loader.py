@@ -42,21 +42,59 @@ def test_global_batch_must_divide_over_processes(coinrun_data):
     assert next(iter(_loader(coinrun_data, batch_size=8, process_count=2))).shape[0] == 4
 
 
-def test_seeded_shuffle_is_deterministic(coinrun_data):
-    first = _take(iter(_loader(coinrun_data, seed=3)), 2)
-    again = _take(iter(_loader(coinrun_data, seed=3)), 2)
-    other = _take(iter(_loader(coinrun_data, seed=4)), 2)
+def _window_starts(coinrun_data, **kwargs) -> list[set[int]]:
+    """Per validation clip in stored order, the offsets of the 2-frame windows (of the 4
+    stored frames) that the loader's batch equals (several where frames repeat)."""
+    name, data_dir = coinrun_data
+    stored = loader.read_clips(name, "validation", data_dir=data_dir)["frames"]
+    kwargs = dict(split="validation", batch_size=1, clip_frames=2, shuffle=False, num_epochs=1)
+    batches = list(_loader(coinrun_data, **kwargs))
+    assert len(batches) == len(stored)
+    return [
+        {start for start in range(3) if np.array_equal(clip[start : start + 2], batch[0])}
+        for clip, batch in zip(stored, batches, strict=True)
+    ]
+
+
+def test_training_windows_start_at_random_offsets(coinrun_data):
+    starts = _window_starts(coinrun_data)
+    assert all(starts), "every batch is a window of consecutive stored frames"
+    assert any(0 not in s for s in starts), "some windows must start after the first frame"
+    assert len(set().union(*starts)) == 3, "every offset 0..2 occurs"
+    stored = loader.read_clips(*coinrun_data[:1], "validation", data_dir=coinrun_data[1])
+    first = next(
+        iter(
+            _loader(
+                coinrun_data,
+                split="validation",
+                shuffle=False,
+                clip_frames=2,
+                batch_size=1,
+                random_window=False,
+            )
+        )
+    )
+    np.testing.assert_array_equal(first[0], stored["frames"][0, :2])
+
+
+@pytest.mark.parametrize("clip_frames", [None, 2])
+def test_seeded_shuffle_is_deterministic(coinrun_data, clip_frames):
+    kwargs = dict(clip_frames=clip_frames)
+    first = _take(iter(_loader(coinrun_data, seed=3, **kwargs)), 2)
+    again = _take(iter(_loader(coinrun_data, seed=3, **kwargs)), 2)
+    other = _take(iter(_loader(coinrun_data, seed=4, **kwargs)), 2)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
-def test_resume_continues_the_data_order_exactly(coinrun_data):
-    iterator = iter(_loader(coinrun_data, seed=7))
+@pytest.mark.parametrize("clip_frames", [None, 2])
+def test_resume_continues_the_data_order_exactly(coinrun_data, clip_frames):
+    iterator = iter(_loader(coinrun_data, seed=7, clip_frames=clip_frames))
     _take(iterator, 3)
     state = iterator.get_state()
     expected = _take(iterator, 4)
-    resumed = iter(_loader(coinrun_data, seed=7))
+    resumed = iter(_loader(coinrun_data, seed=7, clip_frames=clip_frames))
     resumed.set_state(state)
     for a, b in zip(expected, _take(resumed, 4), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -111,14 +149,14 @@ def test_orbax_checkpoint_restores_the_data_order(coinrun_data, tmp_path):
     import grain
     import orbax.checkpoint as ocp
 
-    iterator = iter(_loader(coinrun_data, seed=1))
+    iterator = iter(_loader(coinrun_data, seed=1, clip_frames=2))
     _take(iterator, 2)
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
         data = grain.checkpoint.CheckpointSave(iterator)
         manager.save(2, args=ocp.args.Composite(data=data))
         manager.wait_until_finished()
         expected = _take(iterator, 3)
-        resumed = iter(_loader(coinrun_data, seed=1))
+        resumed = iter(_loader(coinrun_data, seed=1, clip_frames=2))
         manager.restore(
             2, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed))
         )
