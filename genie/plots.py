@@ -1,4 +1,5 @@
-"""Pictures people look at: PNGs, GIFs, frame grids and simple charts, drawn with Pillow only.
+"""Pictures people look at: PNGs, GIFs, frame grids and simple charts drawn with Pillow, and
+the per-code motion figure drawn with matplotlib (Agg canvas, no pyplot state).
 
 Images are ``(H, W, 3)`` uint8 arrays (float images in [0, 1] are accepted and rounded to
 uint8). Every chart function draws the chart, saves it when given a path, and returns the image
@@ -497,3 +498,96 @@ def bar_chart(
         ylabel_image = _vertical_text(ylabel, label_font)
         canvas.paste(ylabel_image, (6, int((top + bottom - ylabel_image.height) / 2)), ylabel_image)
     return _finish(canvas, path)
+
+
+def code_motion_figure(
+    path: str | os.PathLike | None,
+    dx: Sequence[float],
+    dy: Sequence[float],
+    shares: Sequence[float],
+    mean_difference,
+    last_frames,
+    title: str = "What each latent action does",
+) -> np.ndarray:
+    """One column per latent code k, read top to bottom:
+
+    1. an arrow of the mean content shift (dx, dy) in pixels per step of the real transitions
+       the LAM assigned to k (image axes: y grows downwards), with its length and k's share of
+       the transitions;
+    2. ``mean_difference[k]``, the mean signed change x_{t+1} - x_t of those transitions
+       (H, W), on a diverging scale shared by all codes (red brighter, blue darker);
+    3. the last frame of the rollouts holding k from each prompt, ``last_frames`` (P, K, H, W, 3).
+
+    Codes never inferred (NaN motion) say so. Matplotlib's object API on an Agg canvas, so no
+    global backend or pyplot state is touched. Returns the (H, W, 3) uint8 image.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
+    shares = np.asarray(shares, np.float64)
+    mean_difference = np.asarray(mean_difference, np.float64)
+    last_frames = to_uint8(last_frames, "last_frames")
+    count = dx.size
+    if not (dy.size == shares.size == len(mean_difference) == last_frames.shape[1] == count):
+        raise ValueError(
+            f"{dx.size} dx, {dy.size} dy, {shares.size} shares, {len(mean_difference)} "
+            f"difference images and {last_frames.shape[1]} rollout columns: need one per code"
+        )
+    prompts = last_frames.shape[0]
+    rows = 2 + prompts
+    figure = Figure(figsize=(1.7 * count + 1.2, 1.75 * rows + 0.5), dpi=100, layout="constrained")
+    figure.suptitle(title)
+    axes = figure.subplots(rows, count, squeeze=False)
+    finite = np.isfinite(dx) & np.isfinite(dy)
+    reach = 1.2 * max(1.0, float(np.abs(np.concatenate([dx[finite], dy[finite]])).max(initial=0)))
+    limit = float(np.nanmax(np.abs(mean_difference))) if np.isfinite(mean_difference).any() else 0
+    limit = limit or 1e-6
+    image = None
+    for k in range(count):
+        arrow = axes[0, k]
+        arrow.set_xlim(-reach, reach)
+        arrow.set_ylim(reach, -reach)  # image axes: +dy points down
+        arrow.set_aspect("equal")
+        arrow.axhline(0, color="0.85", lw=0.8)
+        arrow.axvline(0, color="0.85", lw=0.8)
+        arrow.set_title(f"code {k}\n{shares[k]:.1%} of transitions", fontsize=9)
+        arrow.tick_params(labelsize=7)
+        if finite[k]:
+            arrow.annotate(
+                "",
+                xy=(dx[k], dy[k]),
+                xytext=(0, 0),
+                arrowprops={"arrowstyle": "-|>", "color": "C3", "lw": 2},
+            )
+            arrow.plot([0], [0], "o", color="C3", ms=3)
+            arrow.set_xlabel(
+                f"dx {dx[k]:+.2f}, dy {dy[k]:+.2f}\n|shift| {math.hypot(dx[k], dy[k]):.2f} px",
+                fontsize=8,
+            )
+        else:
+            arrow.text(0, 0, "never\ninferred", ha="center", va="center", fontsize=9)
+        difference = axes[1, k]
+        difference.set_xticks([])
+        difference.set_yticks([])
+        if np.isfinite(mean_difference[k]).all():
+            image = difference.imshow(
+                mean_difference[k], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest"
+            )
+        for p in range(prompts):
+            frame = axes[2 + p, k]
+            frame.imshow(last_frames[p, k], interpolation="nearest")
+            frame.set_xticks([])
+            frame.set_yticks([])
+    axes[0, 0].set_ylabel("mean shift (px/step)", fontsize=8)
+    axes[1, 0].set_ylabel("mean x[t+1] - x[t]", fontsize=8)
+    for p in range(prompts):
+        axes[2 + p, 0].set_ylabel(f"rollout end,\nprompt {p}", fontsize=8)
+    if image is not None:
+        figure.colorbar(image, ax=list(axes[1]), shrink=0.8, label="change")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    picture = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    if path is not None:
+        save_png(path, picture)
+    return picture

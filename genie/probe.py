@@ -1,6 +1,6 @@
 """`genie probe RUN_DIR`: what does each latent action do?
 
-Three views, written to `--out` (default `RUN_DIR/probe_<split>/`):
+Four views, written to `--out` (default `RUN_DIR/probe_<split>/`):
 
 1. Rollouts: from the first frame of each of `--prompts` clips, hold each latent action for
    `--steps` steps. `actions.gif` plays the grid (rows prompts, columns actions) and
@@ -8,10 +8,15 @@ Three views, written to `--out` (default `RUN_DIR/probe_<split>/`):
 2. Codebook usage of the LAM on `--clips` clips of the split: `code_usage.png`, counts,
    fractions and perplexity (exp of the entropy: 1 if one code explains every transition, |A|
    if all are used equally).
-3. Where the dataset stores the true actions (CoinRun), collapsed to CoinRun's six classes
+3. `code_motion.png`, what each code does at a glance, one column per code: from the real
+   transitions the LAM assigned it, the mean global shift of the picture (an arrow, with its
+   length and the code's share of transitions) and the mean signed frame difference
+   x_{t+1} - x_t; below them, the last frames of the code's rollouts from view 1.
+4. Where the dataset stores the true actions (CoinRun), collapsed to CoinRun's six classes
    (`genie.metrics.collapse_coinrun_actions`): the confusion matrix of codes against true
    classes (`confusion.png`), their normalised mutual information, and the held-out accuracy of
-   a probe predicting the true class from the code, beside the majority-class chance level.
+   a probe predicting the true class from the code, beside the majority-class chance level;
+   the same probe for the horizontal direction alone (left/none/right), on the same split.
 
 Numbers go to `probe.json` and `probe.md`. The key mapping for `genie play` goes to
 `keymap.json` (or `--keymap-out`): a JSON object from key name to 0-based latent action,
@@ -146,23 +151,49 @@ def code_motion(frames: np.ndarray, codes: np.ndarray, num_codes: int) -> dict[s
     return result
 
 
-def probe_true_actions(codes, procgen_actions, num_codes: int, seed: int = 0) -> dict:
-    """Codes against true Procgen actions (0..14, collapsed to CoinRun's six classes) -> the
-    confusion matrix (codes x classes), NMI, held-out probe accuracy and its chance level."""
-    classes, names = metrics.collapse_coinrun_actions(procgen_actions)
+def mean_frame_difference(frames: np.ndarray, codes: np.ndarray, num_codes: int) -> np.ndarray:
+    """uint8 clips (M, T, H, W, 3) and their codes (M, T-1) -> (K, H, W) float: per latent
+    code, the mean signed change x_{t+1} - x_t (averaged over colour channels, [0, 1] scale) of
+    the transitions it was inferred for; NaN for codes never inferred."""
+    frames = np.asarray(frames, np.float32) / np.float32(255.0)
+    change = (frames[:, 1:] - frames[:, :-1]).mean(-1)
+    change = change.reshape(-1, change.shape[-2] * change.shape[-1])
     codes = np.asarray(codes).reshape(-1)
-    classes = classes.reshape(-1)
-    confusion = metrics.confusion_matrix(codes, classes, num_codes, len(names))
-    probe = metrics.probe_accuracy(codes, classes, seed=seed)
+    one_hot = (codes[:, None] == np.arange(num_codes)).astype(np.float32)  # (transitions, K)
+    counts = one_hot.sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (one_hot.T @ change).astype(np.float64) / counts[:, None]
+    mean[counts == 0] = np.nan
+    return mean.reshape(num_codes, *frames.shape[2:4])
+
+
+def _probe(codes: np.ndarray, labels: np.ndarray, names, seed: int) -> dict:
+    probe = metrics.probe_accuracy(codes, labels, seed=seed)
     return {
         "classes": list(names),
-        "confusion": confusion.tolist(),
-        "nmi": metrics.normalized_mutual_information(codes, classes),
         "probe_accuracy": probe.accuracy,
         "chance_accuracy": probe.chance,
         "code_to_class": {str(k): names[a] for k, a in probe.code_to_action.items()},
         "probe_train_transitions": probe.num_train,
         "probe_test_transitions": probe.num_test,
+    }
+
+
+def probe_true_actions(codes, procgen_actions, num_codes: int, seed: int = 0) -> dict:
+    """Codes against true Procgen actions (0..14, collapsed to CoinRun's six classes) -> the
+    confusion matrix (codes x classes), NMI, held-out probe accuracy and its chance level, and
+    under "horizontal" the probe of the left/none/right direction alone (jump dropped) on the
+    same held-out transitions (same seed, same split)."""
+    classes, names = metrics.collapse_coinrun_actions(procgen_actions)
+    codes = np.asarray(codes).reshape(-1)
+    classes = classes.reshape(-1)
+    confusion = metrics.confusion_matrix(codes, classes, num_codes, len(names))
+    horizontal, horizontal_names = metrics.coinrun_horizontal(classes)
+    return {
+        **_probe(codes, classes, names, seed),
+        "confusion": confusion.tolist(),
+        "nmi": metrics.normalized_mutual_information(codes, classes),
+        "horizontal": _probe(codes, horizontal, horizontal_names, seed),
     }
 
 
@@ -250,8 +281,15 @@ def markdown(report: dict) -> str:
         if true:
             row += f" {true['code_to_class'].get(str(k), '-')} |"
         lines.append(row)
-    lines += ["", "dx, dy: content motion in pixels per step (phase correlation; dy < 0 is up)."]
+    lines += [
+        "",
+        "dx, dy: content motion in pixels per step (phase correlation; dy < 0 is up). "
+        "`code_motion.png` draws them per code as arrows, with the mean frame difference "
+        "x_{t+1} - x_t of the code's transitions and the last frames of its rollouts; in a game "
+        "whose camera follows the player (CoinRun) the picture moves opposite to the player.",
+    ]
     if true:
+        horizontal = true["horizontal"]
         lines += [
             "",
             "## Codes against true actions (collapsed to CoinRun's six classes)",
@@ -259,6 +297,10 @@ def markdown(report: dict) -> str:
             f"NMI {true['nmi']:.3f}; probe accuracy {true['probe_accuracy']:.3f} on "
             f"{true['probe_test_transitions']} held-out transitions (chance "
             f"{true['chance_accuracy']:.3f}: always the majority class).",
+            "",
+            f"Left/none/right only (jump dropped): probe accuracy "
+            f"{horizontal['probe_accuracy']:.3f} on the same held-out transitions (chance "
+            f"{horizontal['chance_accuracy']:.3f}).",
             "",
             "| code | " + " | ".join(true["classes"]) + " |",
             "|---|" + "---|" * len(true["classes"]),
@@ -319,6 +361,27 @@ def analyse_codes(
         report["keymap"] = keymap_from_motion(motion)
         report["keymap_source"] = "no true actions: motion heuristic (keymap_from_motion)"
     return report
+
+
+def write_code_motion(
+    report: dict, frames: np.ndarray, codes: np.ndarray, videos: np.ndarray, out: Path
+) -> Path:
+    """code_motion.png: `report`'s per-code motion and usage, the mean frame difference of the
+    clips `frames` (M, T, H, W, 3) under their `codes` (M, T-1), and the last frames of the
+    `action_rollouts` videos (P, A, T, H, W, 3)."""
+    motion, usage = report["motion"], report["code_usage"]
+    path = out / "code_motion.png"
+    plots.code_motion_figure(
+        path,
+        motion["dx"],
+        motion["dy"],
+        usage["fractions"],
+        mean_frame_difference(frames, codes, report["num_actions"]),
+        videos[:, :, -1],
+        title=f"What each latent action does ({report['transitions']} real transitions; "
+        f"rollouts held {videos.shape[2] - 1} steps)",
+    )
+    return path
 
 
 def write_report(report: dict, out: Path, keymap_path: Path | None = None) -> dict[str, Path]:
@@ -434,6 +497,7 @@ def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, di
     out = Path(args.out) if args.out else Path(args.run_dir) / f"probe_{args.split}"
     paths = write_report(report, out, Path(args.keymap_out) if args.keymap_out else None)
     paths.update(write_rollouts(videos, out))
+    paths["motion"] = write_code_motion(report, frames_for_codes, codes, videos, out)
     return report, paths
 
 

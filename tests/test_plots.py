@@ -116,3 +116,23 @@ def test_heatmap_and_bar_chart_are_valid_pngs(tmp_path):
     assert np.all(bars == plots.PALETTE[0], axis=-1).sum() > 100
     many = plots.bar_chart(None, np.arange(1024) % 7, None, "1024 codes")
     assert many.shape[1] <= 1400
+
+
+def test_code_motion_figure_is_a_png_of_plausible_size(tmp_path):
+    path = tmp_path / "code_motion.png"
+    difference = np.zeros((3, 8, 8))
+    difference[0, :, :4], difference[0, :, 4:] = -0.5, 0.5  # code 0 moved right
+    difference[2] = np.nan  # code 2 never inferred
+    last_frames = np.stack([_distinct_frames(3)] * 2)  # (P=2, K=3, 8, 8, 3)
+    image = plots.code_motion_figure(
+        path, [2.0, -2.0, np.nan], [0.0, 0.0, np.nan], [0.7, 0.3, 0.0], difference, last_frames
+    )
+    image_format, size, pixels = _read(path)
+    assert image_format == "PNG" and size == (image.shape[1], image.shape[0])
+    np.testing.assert_array_equal(pixels, image)
+    assert 400 <= size[0] <= 1500 and 500 <= size[1] <= 1500
+    red, green, blue = (pixels[..., c].astype(int) for c in range(3))
+    assert np.sum((red > 150) & (blue < 80) & (green < 80)) > 100  # the diverging map's red end
+    assert np.sum((blue > 150) & (red < 80)) > 100  # and its blue end
+    with pytest.raises(ValueError, match="one per code"):
+        plots.code_motion_figure(None, [1.0], [0.0], [1.0], difference, last_frames)

@@ -87,6 +87,45 @@ def test_frame_shifts_and_motion_keymap():
     }
 
 
+def test_mean_motion_of_codes_moving_right_and_left():
+    # One clip, a grey square (value 200) at columns 6..9 moved by +2, +2, -2, -2 pixels:
+    # code 0 for the moves right, code 1 for the moves left, code 2 never.
+    clip = np.zeros((5, 16, 16, 3), np.uint8)
+    for t, left in enumerate([6, 8, 10, 8, 6]):
+        clip[t, 6:10, left : left + 4] = 200
+    codes = np.array([[0, 0, 1, 1]])
+    motion = probe.code_motion(clip[None], codes, num_codes=3)
+    assert motion["dx"][:2] == [2.0, -2.0] and motion["dy"][:2] == [0.0, 0.0]
+    assert np.isnan(motion["dx"][2])
+
+    difference = probe.mean_frame_difference(clip[None], codes, num_codes=3)
+    # Code 0: each move right lights 2 columns on the right and darkens 2 on the left; averaged
+    # over its two moves, columns 10..13 gain 200/255 / 2 and columns 6..9 lose as much.
+    expected = np.zeros((16, 16))
+    expected[6:10, 10:14], expected[6:10, 6:10] = 100 / 255, -100 / 255
+    np.testing.assert_allclose(difference[0], expected, atol=1e-6)
+    np.testing.assert_allclose(difference[1], -expected, atol=1e-6)  # the mirror image
+    assert np.isnan(difference[2]).all()
+
+
+def test_left_none_right_probe_by_hand():
+    # Codes that tell the direction but not the jump, ten times over: (left, left+jump, right,
+    # right+jump, none, jump, none, none) with codes (0, 0, 1, 1, 2, 2, 2, 2).
+    classes = np.tile([2, 3, 4, 5, 0, 1, 0, 0], 10)
+    codes = np.tile([0, 0, 1, 1, 2, 2, 2, 2], 10)
+    table = probe.probe_true_actions(codes, PROCGEN_OF_CLASS[classes], 3, seed=0)
+    horizontal = table["horizontal"]
+    assert horizontal["classes"] == ["none", "left", "right"]
+    assert horizontal["code_to_class"] == {"0": "left", "1": "right", "2": "none"}
+    assert horizontal["probe_accuracy"] == 1.0
+    assert table["probe_accuracy"] < 1.0  # the jump is a coin flip within codes 0 and 1
+    # Chance: always "none" (half of all transitions, the training half's majority), scored on
+    # the held-out half of the documented split, the same half the six-class probe is scored on.
+    held_out = np.random.default_rng(0).permutation(80)[40:]
+    assert horizontal["chance_accuracy"] == np.mean(classes[held_out] <= 1)
+    assert horizontal["probe_test_transitions"] == table["probe_test_transitions"] == 40
+
+
 def test_action_rollouts_grid_layout():
     prompts = np.stack([np.full((8, 8, 3), 10 * p, np.uint8) for p in range(2)])
 
@@ -118,7 +157,11 @@ def test_report_files_and_keymap_format(tmp_path):
     assert keymap_from_dict(keymap, num_actions=4)["a"] == keymap["left"]
     loaded = json.loads(paths["json"].read_text())
     assert loaded["keymap"] == keymap and len(loaded["true_actions"]["confusion"]) == 4
-    assert "NMI" in paths["markdown"].read_text()
+    text = paths["markdown"].read_text()
+    assert "NMI" in text and "Left/none/right only" in text
+    horizontal = loaded["true_actions"]["horizontal"]
+    assert f"probe accuracy {horizontal['probe_accuracy']:.3f}" in text
+    assert f"(chance {horizontal['chance_accuracy']:.3f})" in text
     for name in ("usage", "confusion"):
         with Image.open(paths[name]) as image:
             assert image.format == "PNG"
@@ -145,3 +188,5 @@ def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
         assert gif.n_frames == 6  # the prompt and 5 steps
     for name in ("actions_last_frame.png", "code_usage.png", "confusion.png", "probe.md"):
         assert (out / name).stat().st_size > 0
+    with Image.open(out / "code_motion.png") as figure:
+        assert figure.format == "PNG" and figure.size[0] > 300 and figure.size[1] > 300
