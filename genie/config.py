@@ -71,6 +71,32 @@ class LAMConfig:
     # Reconstruction loss weight 1 + changed_pixel_weight on pixels that differ between x_t and
     # x_{t+1}: the little that moves is where the action shows.
     changed_pixel_weight: float = 0.0
+    # What the decoder reads to predict x_{t+1}: "all" past frames x_1..x_t (Genie) or x_t
+    # alone ("last"). A decoder that sees history can read the motion from it and learns to
+    # ignore the action; one starved of history must get the motion from the action (LAPA,
+    # tinyworlds).
+    decoder_context: Literal["all", "last"] = "all"
+    # Transition t's latent is read at encoder frame t+1+encoder_lookahead (capped at the last
+    # frame), so the causal encoder sees where a held action leads: in CoinRun one step of an
+    # action moves the agent by half a pixel and its effect builds up over about five (LAOM's
+    # multi-step inverse model, Nikulin et al. 2025).
+    encoder_lookahead: int = 0
+    # "input": the action enters the decoder with its input patches (Genie); "every_block":
+    # also added before every decoder block (LAOM appendix D), so it cannot fade with depth.
+    action_injection: Literal["input", "every_block"] = "input"
+    # Reconstruction loss weight 1 + center_weight on the central center_size x center_size
+    # pixels: where a camera-centred game (CoinRun's center_agent) draws the agent, whose sprite
+    # turns with the horizontal action at every step. The known centre stands in for the agent
+    # masks of MaskLAM (arXiv 2602.02259), which weights the loss toward the agent.
+    center_weight: float = 0.0
+    center_size: int = 16
+    # "vq": the decoder reads the quantised action (Genie). "continuous": it reads the encoder's
+    # unit-norm latent before quantisation (the VQ still trains and names the action): a check
+    # that the encoder carries the signal at all before a discrete bottleneck (LAOM).
+    bottleneck: Literal["vq", "continuous"] = "vq"
+    # Also feed the encoder each frame's difference from the previous one (zero for the first),
+    # so motion is in its input rather than something it must learn to compute.
+    encoder_differences: bool = False
 
 
 @dataclass(frozen=True)

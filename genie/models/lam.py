@@ -10,12 +10,15 @@ Design:
 - Encoder: causal ST transformer over the patches of x_1..x_T. Frame t+1's outputs have seen
   x_1..x_{t+1}; mean-pooled over patches and projected to code_dim, they are the continuous
   latent of transition t, which the VQ turns into the action id. So actions[:, t] depends only on
-  frames[:, :t+2].
-- Decoder: causal ST transformer over the patches of x_1..x_{T-1}. Every patch token of frame t
+  frames[:, :t+2]. With `encoder_lookahead` L > 0 the latent is read at frame min(t+1+L, T-1)
+  instead, so it also sees where the action leads (it then depends on frames[:, :t+2+L]).
+- Decoder: ST transformer over the patches of x_1..x_{T-1}. Every patch token of frame t
   receives the quantised a_t (concatenated to the patch before the input projection, i.e. a
   learned projection of a_t added to every token, scaled (LAMConfig.action_scale) to the
-  pixels' order of magnitude), and frame t's outputs predict the change x_{t+1} - x_t. The
-  prediction of x_{t+1} therefore depends on x_1..x_t and a_1..a_t only.
+  pixels' order of magnitude; with `action_injection="every_block"` also added before every
+  block), and frame t's outputs predict the change x_{t+1} - x_t. With `decoder_context="all"`
+  the decoder is causal over time, so its prediction of x_{t+1} depends on x_1..x_t and
+  a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own.
 
 Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, D width, E code_dim.
 """
@@ -26,7 +29,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-from einops import repeat
+import numpy as np
+from einops import rearrange, repeat
 from flax import nnx
 
 from genie.config import LAMConfig
@@ -37,7 +41,7 @@ from genie.models.st_transformer import (
     unpatchify,
 )
 from genie.models.tokenizer import CHANNELS, check_frames, frames_to_unit, psnr, shrink_output
-from genie.models.vq import VectorQuantizer, check_codes
+from genie.models.vq import VectorQuantizer, check_codes, l2_normalize
 
 # A pixel counts as changed between x_t and x_{t+1} when a channel moves by more than this
 # (about 13 of 255 levels), well above compression noise.
@@ -68,18 +72,34 @@ class LatentActionModel(nnx.Module):
         self.num_actions = config.num_codes
         self.code_dim = config.code_dim
         self.changed_pixel_weight = config.changed_pixel_weight
+        self.decoder_context = config.decoder_context
+        self.bottleneck = config.bottleneck
+        if config.center_weight and not 0 < config.center_size <= image_size:
+            raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
+        self.center_weight, self.center_size = config.center_weight, config.center_size
+        self.encoder_lookahead = config.encoder_lookahead
+        if config.encoder_lookahead < 0:
+            raise ValueError(f"encoder_lookahead must be >= 0, got {config.encoder_lookahead}")
         patch_dim = config.patch_size**2 * CHANNELS
         scaled_dim = config.code_dim if config.action_scale == "entry" else patch_dim
         self.action_input_scale = math.sqrt(scaled_dim)
         kw = dict(num_patches=self.num_patches, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         width = config.encoder.width
-        self.encoder = STTransformer(patch_dim, width, config.encoder, max_frames=max_frames, **kw)
+        self.encoder_differences = config.encoder_differences
+        encoder_in = 2 * patch_dim if config.encoder_differences else patch_dim
+        self.encoder = STTransformer(encoder_in, width, config.encoder, max_frames=max_frames, **kw)
         self.action_projection = nnx.Linear(
             width, config.code_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.vq = VectorQuantizer.from_config(config, rngs=rngs)
+        every_block = config.action_injection == "every_block"
         self.decoder = STTransformer(
-            patch_dim + config.code_dim, patch_dim, config.decoder, max_frames=max_frames - 1, **kw
+            patch_dim + config.code_dim,
+            patch_dim,
+            config.decoder,
+            max_frames=max_frames - 1 if config.decoder_context == "all" else 1,
+            condition_features=config.code_dim if every_block else 0,
+            **kw,
         )
         # Start close to "repeat the last frame" instead of adding unit-scale noise to it.
         shrink_output(self.decoder)
@@ -93,16 +113,23 @@ class LatentActionModel(nnx.Module):
         """(B, T, H, W, C) uint8 -> (B, T-1, E) continuous latent actions."""
         self._check(frames)
         pixels = frames_to_unit(frames) * 2.0 - 1.0
-        features = self.encoder(patchify(pixels, self.patch_size))  # (B, T, N, D)
-        # Transition t -> t+1 is read at frame t+1, whose outputs have seen x_1..x_{t+1}. The
-        # mean over N patches accumulates in float32 whatever the compute dtype.
-        pooled = features[:, 1:].astype(jnp.float32).mean(axis=2)
+        patches = patchify(pixels, self.patch_size)  # (B, T, N, P*P*C)
+        if self.encoder_differences:
+            change = jnp.diff(patches, axis=1, prepend=patches[:, :1])  # frame 0: zero change
+            patches = jnp.concatenate([patches, change], axis=-1)
+        features = self.encoder(patches)  # (B, T, N, D)
+        # Transition t -> t+1 is read at frame t+1+L (capped), whose outputs have seen
+        # x_1..x_{t+1+L}. The mean over N patches accumulates in float32 whatever the dtype.
+        frames_count = frames.shape[1]
+        read_at = np.minimum(np.arange(1, frames_count) + self.encoder_lookahead, frames_count - 1)
+        pooled = features[:, read_at].astype(jnp.float32).mean(axis=2)
         return self.action_projection(pooled)
 
     def decode(self, frames: jax.Array, latent_actions: jax.Array) -> jax.Array:
         """Frames (B, T, H, W, C) uint8 and (B, T-1, E) unit-norm actions -> (B, T-1, H, W, C).
 
-        Output t predicts frames[:, t+1] from frames[:, :t+1] and latent_actions[:, :t+1].
+        Output t predicts frames[:, t+1] from frames[:, :t+1] and latent_actions[:, :t+1]
+        (decoder_context "all") or from frames[:, t] and latent_actions[:, t] alone ("last").
         """
         context = frames_to_unit(frames[:, :-1])
         patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
@@ -110,11 +137,21 @@ class LatentActionModel(nnx.Module):
         # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so
         # the action is not a faint whisper next to the pixels.
         action = latent_actions.astype(jnp.float32) * self.action_input_scale
-        action = repeat(action, "b t e -> b t n e", n=self.num_patches)
-        inputs = jnp.concatenate([patches, action], axis=-1)  # (B, T-1, N, P*P*C+E)
-        delta = self.decoder(inputs).astype(jnp.float32)
+        tokens = repeat(action, "b t e -> b t n e", n=self.num_patches)
+        inputs = jnp.concatenate([patches, tokens], axis=-1)  # (B, T-1, N, P*P*C+E)
+        condition = action[:, :, None, :] if self.decoder.condition_projections else None
+        if self.decoder_context == "last":
+            # Each transition on its own: (B, T-1, ...) -> (B*(T-1), 1, ...), no history.
+            steps = inputs.shape[1]
+            inputs = rearrange(inputs, "b t n f -> (b t) 1 n f")
+            if condition is not None:
+                condition = rearrange(condition, "b t n e -> (b t) 1 n e")
+            delta = self.decoder(inputs, condition)
+            delta = rearrange(delta, "(b t) 1 n f -> b t n f", t=steps)
+        else:
+            delta = self.decoder(inputs, condition)
         size = self.image_size
-        return context + unpatchify(delta, self.patch_size, size, size)
+        return context + unpatchify(delta.astype(jnp.float32), self.patch_size, size, size)
 
     def infer_actions(self, frames: jax.Array) -> jax.Array:
         """(B, T, H, W, C) uint8 -> (B, T-1) int32; actions[:, t] explains frame t -> t+1."""
@@ -134,11 +171,22 @@ class LatentActionModel(nnx.Module):
         self, frames: jax.Array, *, training: bool = False, key: jax.Array | None = None
     ) -> dict[str, jax.Array]:
         """(B, T, H, W, C) uint8 -> reconstruction (B, T-1, H, W, C), actions (B, T-1), VQ aux."""
-        quantized, actions, aux = self.vq(self.encode(frames), training=training, key=key)
+        latent = self.encode(frames)
+        quantized, actions, aux = self.vq(latent, training=training, key=key)
+        if self.bottleneck == "continuous":
+            quantized = l2_normalize(latent.astype(jnp.float32))
         return {"reconstruction": self.decode(frames, quantized), "actions": actions, **aux}
 
     def reset_dead_codes(self, key: jax.Array) -> jax.Array:
         return self.vq.reset_dead_codes(key)
+
+
+def center_weights(image_size: int, center_size: int, center_weight: float) -> np.ndarray:
+    """(H, W, 1) float32: 1 + center_weight inside the central center_size square, 1 outside."""
+    low = (image_size - center_size) // 2
+    weights = np.ones((image_size, image_size, 1), np.float32)
+    weights[low : low + center_size, low : low + center_size] += center_weight
+    return weights
 
 
 def lam_loss(
@@ -158,6 +206,7 @@ def lam_loss(
     # the error from vanishing in the mean (LAMConfig.changed_pixel_weight).
     change = jnp.abs(target - frames_to_unit(frames[:, :-1])).max(axis=-1, keepdims=True)
     weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
+    weight = weight * center_weights(frames.shape[2], model.center_size, model.center_weight)
     loss = jnp.mean(weight * squared_error) + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)

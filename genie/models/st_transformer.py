@@ -159,6 +159,11 @@ class STTransformer(nnx.Module):
     trained on T frames can be run on a growing context of 1..T frames. The output projection
     computes in `output_dtype` (default: `dtype`); the dynamics model asks for float32 logits so
     that softmax and cross-entropy statistics are float32.
+
+    With `condition_features` > 0, `__call__` also takes a condition (B, T, N or 1, F) that is
+    projected and added to the residual stream before every block, not only at the input, so a
+    small conditioning signal (the LAM's latent action) cannot fade with depth (LAOM, Nikulin et
+    al. 2025, appendix D).
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class STTransformer(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         output_dtype=None,
+        condition_features: int = 0,
         rngs: nnx.Rngs,
     ):
         width, kw = config.width, dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -187,6 +193,11 @@ class STTransformer(nnx.Module):
                 STBlock(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                 for _ in range(config.depth)
             ]
+        )
+        self.condition_projections = nnx.List(
+            [nnx.Linear(condition_features, width, **kw) for _ in range(config.depth)]
+            if condition_features
+            else []
         )
         self.final_norm = _layer_norm(width, param_dtype, rngs)
         self.output_projection = nnx.Linear(
@@ -210,10 +221,22 @@ class STTransformer(nnx.Module):
     def _output(self, x: jax.Array) -> jax.Array:
         return self.output_projection(self.final_norm(x).astype(self.output_dtype))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, T, N, in_features) -> (B, T, N, out_features), causal in T."""
+    def __call__(self, x: jax.Array, condition: jax.Array | None = None) -> jax.Array:
+        """(B, T, N, in_features) -> (B, T, N, out_features), causal in T.
+
+        `condition` (B, T, N or 1, condition_features), only for a model built with
+        condition_features, is added (projected) before every block; frame t's condition
+        reaches frame t and, through causal attention, later frames only.
+        """
+        if (condition is None) != (not self.condition_projections):
+            raise ValueError(
+                "a condition must be given exactly when the transformer was built with "
+                f"condition_features (it has {len(self.condition_projections)} projections)"
+            )
         x = self._embed(x)
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
+            if condition is not None:
+                x = x + self.condition_projections[index](condition.astype(self.dtype))
             x = block(x)
         return self._output(x)
 

@@ -196,3 +196,108 @@ def test_changed_pixel_weight_scales_the_error_only_where_the_frame_changed(weig
         loss, metrics = lam_loss(model, frames, key)
         reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
         np.testing.assert_allclose(reconstruction, factor * metrics["mse"], rtol=1e-5)
+
+
+def make_variant(seed=0, **options):
+    config = LAMConfig(patch_size=4, num_codes=4, code_dim=8, encoder=TINY, decoder=TINY, **options)
+    return LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(seed))
+
+
+def test_lookahead_encoder_reads_transition_t_at_frame_t_plus_1_plus_l():
+    model = make_variant(encoder_lookahead=1)
+    frames = make_frames()
+    base = encode(model, frames)
+    # Latent t is read at frame min(t + 2, T - 1): it sees frames[:, :t+3] and nothing later.
+    for k in range(2, T):
+        changed = frames.at[:, k:].set(make_frames(k, (B, T - k, 8, 8, 3)))
+        latents = encode(model, changed)
+        unaffected = max(k - 2, 0)
+        np.testing.assert_array_equal(latents[:, :unaffected], base[:, :unaffected])
+        assert not np.allclose(latents[:, unaffected], base[:, unaffected])
+
+
+def test_history_free_decoder_reads_only_the_last_frame_and_its_action():
+    model = make_variant(decoder_context="last")
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    base = reconstruct(model, frames, actions)
+    # Changing frame 0 or action 0 changes only the prediction of frame 1.
+    changed = reconstruct(model, frames.at[:, 0].set(255 - frames[:, 0]), actions)
+    np.testing.assert_array_equal(changed[:, 1:], base[:, 1:])
+    assert np.abs(changed[:, 0] - base[:, 0]).max() > 0
+    changed = reconstruct(model, frames, actions.at[:, 0].set(3 - actions[:, 0]))
+    np.testing.assert_array_equal(changed[:, 1:], base[:, 1:])
+    assert np.abs(changed[:, 0] - base[:, 0]).max() > 0
+    # Same prediction for a transition wherever it sits in the clip: no temporal position.
+    shifted = reconstruct(model, jnp.roll(frames, 1, axis=1), jnp.roll(actions, 1, axis=1))
+    np.testing.assert_allclose(shifted[:, 2], base[:, 1], atol=1e-6)
+
+
+def test_every_block_injection_adds_the_action_before_each_decoder_block():
+    two_blocks = TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0)
+    config = LAMConfig(
+        patch_size=4,
+        num_codes=4,
+        code_dim=8,
+        encoder=TINY,
+        decoder=two_blocks,
+        action_injection="every_block",
+    )
+    model = LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(0))
+    assert len(model.decoder.condition_projections) == 2
+    frames = make_frames()
+    zeros = jnp.zeros((B, T - 1), jnp.int32)
+    base = reconstruct(model, frames, zeros)
+    # Silencing the per-block projections must change what an action does.
+    graphdef, state = nnx.split(model)
+    silent = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
+    for projection in silent.decoder.condition_projections:
+        projection.kernel[...] = jnp.zeros_like(projection.kernel[...])
+    effect = reconstruct(model, frames, zeros.at[:, 1].set(2))[:, 1] - base[:, 1]
+    silent_base = reconstruct(silent, frames, zeros)
+    silent_effect = reconstruct(silent, frames, zeros.at[:, 1].set(2))[:, 1] - silent_base[:, 1]
+    assert not np.allclose(effect, silent_effect)
+    # Causality holds with per-block injection: action 1 leaves the prediction of frame 1 alone.
+    np.testing.assert_array_equal(
+        reconstruct(model, frames, zeros.at[:, 1].set(2))[:, 0], base[:, 0]
+    )
+
+
+def test_center_weights_match_a_hand_computed_map():
+    from genie.models.lam import center_weights
+
+    weights = center_weights(8, 2, 4.0)[..., 0]
+    expected = np.ones((8, 8), np.float32)
+    expected[3:5, 3:5] = 5.0
+    np.testing.assert_array_equal(weights, expected)
+    # The loss on a uniform error is the mean of the weight map times that error.
+    model = make_variant(center_weight=4.0, center_size=4)
+    frames = make_frames()
+    loss, metrics = lam_loss(model, frames, jax.random.key(0))
+    reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
+    # The weighted error is at least the plain one (all weights >= 1) and at most 5x it.
+    assert float(metrics["mse"]) < float(reconstruction) < 5.0 * float(metrics["mse"])
+
+
+def test_continuous_bottleneck_passes_the_unquantised_latent_to_the_decoder():
+    model = make_variant(bottleneck="continuous")
+    frames = make_frames()
+    out = nnx.jit(lambda model, frames: model(frames))(model, frames)
+    from genie.models.vq import l2_normalize
+
+    latent = l2_normalize(encode(model, frames))
+    direct = nnx.jit(lambda model, frames, latent: model.decode(frames, latent))(
+        model, frames, latent
+    )
+    np.testing.assert_allclose(out["reconstruction"], direct, atol=1e-6)
+    quantised = reconstruct(model, frames, out["actions"])
+    assert not np.allclose(out["reconstruction"], quantised)  # not the code's prediction
+
+
+def test_encoder_differences_see_motion_and_stay_causal():
+    model = make_variant(encoder_differences=True)
+    assert model.encoder.input_projection.in_features == 2 * 4 * 4 * 3
+    frames = make_frames()
+    base = encode(model, frames)
+    changed = encode(model, frames.at[:, 2:].set(make_frames(2, (B, T - 2, 8, 8, 3))))
+    np.testing.assert_array_equal(changed[:, :1], base[:, :1])

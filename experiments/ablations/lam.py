@@ -1,0 +1,214 @@
+"""LAM ablations: train the latent action model alone under named variants, measure on validation.
+
+    python -m experiments.ablations.lam --base coinrun_tiny --variants genie,last,last_look4
+    python -m experiments.ablations.lam --list
+
+Each variant is a list of `genie train` overrides on top of `--base`; it trains in
+`runs/ablations/lam/<base>/<variant>` (resumable: a finished variant is only re-measured) and
+is scored on the validation split against the true CoinRun actions, which the LAM never sees:
+codebook perplexity, NMI with the six collapsed classes, held-out probe accuracy (six classes
+and left/none/right) beside chance, and action gain (validation MSE under uniformly random
+actions minus under the inferred ones: how much the decoder uses the action). One JSON line per
+measurement goes to `docs/ablations/lam.jsonl`, and `docs/ablations/lam.md` is redrawn from it.
+The test split is never read here: it is for the final report only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from genie import metrics
+from genie.config import Config, load_experiment
+from genie.models.tokenizer import frames_to_unit
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "ablations" / "lam.jsonl"
+
+VARIANTS: dict[str, list[str]] = {
+    "genie": [],  # Genie's LAM: decoder reads all past frames, action at the input
+    "last": ["--lam.decoder-context", "last"],
+    "every": ["--lam.action-injection", "every_block"],
+    "look4": ["--lam.encoder-lookahead", "4"],
+    "last_every": ["--lam.decoder-context", "last", "--lam.action-injection", "every_block"],
+    "last_look2": ["--lam.decoder-context", "last", "--lam.encoder-lookahead", "2"],
+    "last_look4": ["--lam.decoder-context", "last", "--lam.encoder-lookahead", "4"],
+    "last_every_look4": [
+        "--lam.decoder-context",
+        "last",
+        "--lam.action-injection",
+        "every_block",
+        "--lam.encoder-lookahead",
+        "4",
+    ],
+    "last_center": ["--lam.decoder-context", "last", "--lam.center-weight", "20"],
+    "center": ["--lam.center-weight", "20"],
+    "last_continuous": ["--lam.decoder-context", "last", "--lam.bottleneck", "continuous"],
+    "last_look4_center": [
+        "--lam.decoder-context",
+        "last",
+        "--lam.encoder-lookahead",
+        "4",
+        "--lam.center-weight",
+        "20",
+    ],
+    "last_continuous_diff": [
+        "--lam.decoder-context",
+        "last",
+        "--lam.bottleneck",
+        "continuous",
+        "--lam.encoder-differences",
+    ],
+    "last_diff": ["--lam.decoder-context", "last", "--lam.encoder-differences"],
+    "last_patch": ["--lam.decoder-context", "last", "--lam.action-scale", "patch"],
+    "last_changed": ["--lam.decoder-context", "last", "--lam.changed-pixel-weight", "9"],
+}
+
+
+def horizontal_classes(procgen_actions: np.ndarray) -> np.ndarray:
+    """Procgen ids -> 0 none, 1 left, 2 right (the collapsed class without its jump bit)."""
+    classes, _ = metrics.collapse_coinrun_actions(procgen_actions)
+    return classes // 2
+
+
+@nnx.jit
+def _infer(lam, frames, key):
+    """Inferred actions and the MSE of the next-frame predictions under them and under
+    uniformly random actions, per clip."""
+    actions = lam.infer_actions(frames)
+    random_actions = jax.random.randint(key, actions.shape, 0, lam.num_actions)
+    target = frames_to_unit(frames[:, 1:])
+
+    def error(predicted):
+        return jnp.mean((predicted - target) ** 2, axis=(1, 2, 3, 4))
+
+    inferred_mse = error(lam.reconstruct(frames, actions))
+    return actions, inferred_mse, error(lam.reconstruct(frames, random_actions))
+
+
+def measure(lam, config: Config, split: str = "validation", batch: int = 32) -> dict:
+    from data_pipelines.loader import read_clips
+
+    data = read_clips(
+        config.data.dataset,
+        split,
+        data_dir=config.data.data_dir,
+        clip_frames=config.data.clip_frames,
+    )
+    frames, true_actions = data["frames"], data["actions"]
+    codes, inferred_mse, random_mse = [], [], []
+    for start in range(0, len(frames), batch):
+        chunk = jnp.asarray(frames[start : start + batch])
+        a, i, r = _infer(lam, chunk, jax.random.key(start))
+        codes.append(np.asarray(a))
+        inferred_mse.append(np.asarray(i))
+        random_mse.append(np.asarray(r))
+    codes = np.concatenate(codes).reshape(-1)
+    classes, _ = metrics.collapse_coinrun_actions(true_actions.reshape(-1))
+    horizontal = horizontal_classes(true_actions.reshape(-1))
+    usage = metrics.code_usage(codes, lam.num_actions)
+    six = metrics.probe_accuracy(codes, classes)
+    three = metrics.probe_accuracy(codes, horizontal)
+    return {
+        "split": split,
+        "transitions": int(codes.size),
+        "perplexity": usage.perplexity,
+        "usage": [round(float(f), 3) for f in usage.fractions],
+        "nmi": metrics.normalized_mutual_information(codes, classes),
+        "nmi_horizontal": metrics.normalized_mutual_information(codes, horizontal),
+        "probe6": six.accuracy,
+        "chance6": six.chance,
+        "probe3": three.accuracy,
+        "chance3": three.chance,
+        "action_gain": float(np.mean(np.concatenate(random_mse) - np.concatenate(inferred_mse))),
+    }
+
+
+def run_variant(base: str, name: str, overrides: list[str], extra: list[str], tag: str) -> dict:
+    import tyro
+
+    from genie import checkpoint
+    from genie.train import train
+
+    name = f"{name}+{tag}" if tag else name
+    run_dir = ROOT / "runs" / "ablations" / "lam" / base / name
+    args = [*overrides, *extra, "--run-dir", str(run_dir)]
+    config = tyro.cli(Config, default=load_experiment(base), args=args)
+    start = time.perf_counter()
+    result = train(config, "lam", progress=False)
+    seconds = time.perf_counter() - start
+    lam, _ = checkpoint.load_model(run_dir, "lam")
+    row = {
+        "base": base,
+        "variant": name,
+        "overrides": " ".join([*overrides, *extra]),
+        "steps": config.train_lam.steps,
+        "batch": config.train_lam.batch_size,
+        "train_seconds": round(seconds, 1),
+        "machine": f"{platform.node()} {jax.devices()[0].platform}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "train_psnr": result["metrics"].get("psnr"),
+        **measure(lam, config),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as file:
+        file.write(json.dumps(row) + "\n")
+    write_table()
+    return row
+
+
+def write_table() -> None:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    header = (
+        "| base | variant | overrides | steps x batch | train s | perplexity | NMI (6) | "
+        "NMI (L/N/R) | probe 6 (chance) | probe L/N/R (chance) | action gain |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['base']} | {r['variant']} | `{r['overrides'] or '-'}` | "
+        f"{r['steps']} x {r['batch']} | {r['train_seconds']:.0f} | {r['perplexity']:.2f} | "
+        f"{r['nmi']:.3f} | {r['nmi_horizontal']:.3f} | {r['probe6']:.3f} ({r['chance6']:.3f}) | "
+        f"{r['probe3']:.3f} ({r['chance3']:.3f}) | {r['action_gain']:.5f} |"
+        for r in rows
+    ]
+    (RESULTS.with_suffix(".md")).write_text(
+        "# LAM ablations (validation split; generated by experiments/ablations/lam.py)\n\n"
+        + header
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.ablations.lam")
+    parser.add_argument("--base", default="coinrun_tiny", help="experiment the variants modify")
+    parser.add_argument("--variants", default="genie", help="comma-separated VARIANTS names")
+    parser.add_argument(
+        "--tag", default="", help="names extra overrides (e.g. lr3e-3) in the run folder"
+    )
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args, extra = parser.parse_known_args(argv)
+    if args.list:
+        for name, overrides in VARIANTS.items():
+            print(f"{name:20s} {' '.join(overrides)}")
+        return
+    from genie.writer import setup_logging
+
+    setup_logging()
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            raise SystemExit(f"error: unknown variant {name!r}; --list shows them")
+        row = run_variant(args.base, name, VARIANTS[name], extra, args.tag)
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
