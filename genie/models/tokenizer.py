@@ -4,8 +4,11 @@ Frames are cut into P x P patches, encoded by a causal spatiotemporal transforme
 code_dim latent per patch, quantised into one of K codes, and decoded back to pixels by a second
 causal ST transformer. Because both transformers are causal in time, the tokens of frame t
 depend only on frames <= t, which is what the dynamics model needs when it extends a video.
+Optional 3x3 convolutions over each frame before patchify (`stem_channels`) and after the
+decoder (`head_channels`) let neighbouring patches share pixels; they never mix frames.
 
-Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, E code_dim, K codes.
+Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, E code_dim, K codes,
+F convolution channels.
 """
 
 from __future__ import annotations
@@ -53,6 +56,33 @@ def shrink_output(transformer: STTransformer, scale: float = 0.1) -> None:
     kernel[...] = kernel[...] * scale
 
 
+class ConvStem(nnx.Module):
+    """(B, T, H, W, C) pixels -> (B, T, H, W, F) features: one 3x3 convolution per frame."""
+
+    def __init__(self, channels: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(
+            CHANNELS, channels, (3, 3), dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        # nnx.Conv reads the last three axes as H, W, C and every axis before them as batch.
+        return jax.nn.gelu(self.conv(pixels))
+
+
+class ConvHead(nnx.Module):
+    """(B, T, H, W, F) decoder features -> (B, T, H, W, C) pixels: two 3x3 convolutions per
+    frame, so each output pixel also reads the features of the neighbouring patches."""
+
+    def __init__(self, channels: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.hidden = nnx.Conv(channels, channels, (3, 3), **kw)
+        self.output = nnx.Conv(channels, CHANNELS, (3, 3), **kw)
+        self.output.kernel[...] = self.output.kernel[...] * 0.1  # as `shrink_output`
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        return self.output(jax.nn.gelu(self.hidden(features)))
+
+
 class VideoTokenizer(nnx.Module):
     def __init__(
         self,
@@ -67,7 +97,10 @@ class VideoTokenizer(nnx.Module):
         self.image_size, self.patch_size = image_size, config.patch_size
         self.num_patches = patches_per_frame(image_size, config.patch_size)
         self.num_codes = config.num_codes
-        patch_dim = config.patch_size**2 * CHANNELS
+        pixel_dim = config.patch_size**2
+        conv = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.stem = ConvStem(config.stem_channels, **conv) if config.stem_channels else None
+        self.head = ConvHead(config.head_channels, **conv) if config.head_channels else None
         kw = dict(
             num_patches=self.num_patches,
             max_frames=max_frames,
@@ -75,24 +108,32 @@ class VideoTokenizer(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        self.encoder = STTransformer(patch_dim, config.code_dim, config.encoder, **kw)
+        encoder_in = pixel_dim * (config.stem_channels or CHANNELS)
+        decoder_out = pixel_dim * (config.head_channels or CHANNELS)
+        self.encoder = STTransformer(encoder_in, config.code_dim, config.encoder, **kw)
         self.vq = VectorQuantizer.from_config(config, rngs=rngs)
-        self.decoder = STTransformer(config.code_dim, patch_dim, config.decoder, **kw)
-        # Start near mid-grey instead of unit-scale noise around it.
-        shrink_output(self.decoder)
+        self.decoder = STTransformer(config.code_dim, decoder_out, config.decoder, **kw)
+        if self.head is None:
+            # Start near mid-grey instead of unit-scale noise around it.
+            shrink_output(self.decoder)
 
     def encode(self, frames: jax.Array) -> jax.Array:
         """(B, T, H, W, C) uint8 -> (B, T, N, E) continuous latents, causal in T."""
         check_frames(frames, self.image_size, "the tokenizer")
         pixels = frames_to_unit(frames) * 2.0 - 1.0
+        if self.stem is not None:
+            pixels = self.stem(pixels)
         return self.encoder(patchify(pixels, self.patch_size))
 
     def decode_latents(self, quantized: jax.Array) -> jax.Array:
         """(B, T, N, E) -> (B, T, H, W, C) float32 pixels in ~[0, 1]."""
-        patches = self.decoder(quantized).astype(jnp.float32)
-        # Centre the initial output on mid-grey; no clipping, so the loss sees the raw output.
+        patches = self.decoder(quantized)
         size = self.image_size
-        return unpatchify(patches, self.patch_size, size, size) + 0.5
+        pixels = unpatchify(patches, self.patch_size, size, size)
+        if self.head is not None:
+            pixels = self.head(pixels)
+        # Centre the initial output on mid-grey; no clipping, so the loss sees the raw output.
+        return pixels.astype(jnp.float32) + 0.5
 
     def tokenize(self, frames: jax.Array) -> jax.Array:
         """(B, T, H, W, C) uint8 frames -> (B, T, N) int32 token ids. No state changes."""

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,10 +15,17 @@ TINY = TransformerConfig(width=16, depth=1, heads=2, mlp_ratio=2.0)
 CONFIG = TokenizerConfig(
     patch_size=4, num_codes=16, code_dim=8, encoder=TINY, decoder=TINY, dead_code_steps=5
 )
+# The optional convolutional stem and head, alone and together.
+CONV_CONFIGS = {
+    "stem": dataclasses.replace(CONFIG, stem_channels=4),
+    "head": dataclasses.replace(CONFIG, head_channels=4),
+    "stem_head": dataclasses.replace(CONFIG, stem_channels=4, head_channels=4),
+}
+ALL_CONFIGS = {"plain": CONFIG, **CONV_CONFIGS}
 
 
-def make_tokenizer(seed=0):
-    return VideoTokenizer(CONFIG, image_size=8, max_frames=4, rngs=nnx.Rngs(seed))
+def make_tokenizer(seed=0, config=CONFIG):
+    return VideoTokenizer(config, image_size=8, max_frames=4, rngs=nnx.Rngs(seed))
 
 
 def make_frames(seed=0, shape=(2, 4, 8, 8, 3)):
@@ -49,16 +58,44 @@ def test_shapes_and_dtypes():
     assert {"codebook_loss", "commitment_loss", "usage", "perplexity"} <= set(out)
 
 
-def test_tokens_are_causal_in_time():
-    model = make_tokenizer()
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_tokens_and_reconstructions_are_causal_in_time(name):
+    model = make_tokenizer(config=ALL_CONFIGS[name])
     frames = make_frames()
     latents = nnx.jit(lambda model, frames: model.encode(frames))
+    reconstruct = nnx.jit(lambda model, frames: model(frames)["reconstruction"])
     base_tokens, base_latents = tokenize(model, frames), latents(model, frames)
+    base_reconstruction = reconstruct(model, frames)
     for t in range(3):
         changed = frames.at[:, t + 1 :].set(make_frames(t + 1, (2, 3 - t, 8, 8, 3)))
         np.testing.assert_array_equal(tokenize(model, changed)[:, : t + 1], base_tokens[:, : t + 1])
         np.testing.assert_array_equal(latents(model, changed)[:, : t + 1], base_latents[:, : t + 1])
+        np.testing.assert_array_equal(
+            reconstruct(model, changed)[:, : t + 1], base_reconstruction[:, : t + 1]
+        )
         assert not np.array_equal(latents(model, changed)[:, t + 1], base_latents[:, t + 1])
+
+
+def test_convolutions_are_off_by_default():
+    assert make_tokenizer().stem is None and make_tokenizer().head is None
+
+
+@pytest.mark.parametrize("name", CONV_CONFIGS)
+def test_convolution_gradients_are_finite_and_nonzero(name):
+    model = make_tokenizer(config=CONV_CONFIGS[name])
+    grads = nnx.grad(lambda model: tokenizer_loss(model, make_frames(), jax.random.key(0))[0])(
+        model
+    )
+    kernels = {"input": grads["encoder"]["input_projection"]["kernel"]}
+    if model.stem is not None:
+        kernels["stem"] = grads["stem"]["conv"]["kernel"]
+    if model.head is not None:
+        kernels["head hidden"] = grads["head"]["hidden"]["kernel"]
+        kernels["head output"] = grads["head"]["output"]["kernel"]
+    for part, kernel in kernels.items():
+        kernel = np.asarray(kernel[...])
+        assert np.all(np.isfinite(kernel)), part
+        assert np.any(kernel != 0), part  # the straight-through estimator reaches the encoder
 
 
 def test_inference_does_not_change_state():
@@ -69,8 +106,9 @@ def test_inference_does_not_change_state():
     jax.tree.map(np.testing.assert_array_equal, before, nnx.state(model))
 
 
-def test_overfits_a_tiny_batch_and_updates_codebook_statistics():
-    model = make_tokenizer()
+@pytest.mark.parametrize("name", ["plain", "stem_head"])
+def test_overfits_a_tiny_batch_and_updates_codebook_statistics(name):
+    model = make_tokenizer(config=ALL_CONFIGS[name])
     # Smooth, structured frames: a moving gradient, so a tiny model can fit them.
     ramp = jnp.linspace(0, 1, 8)
     frames = jnp.stack(
