@@ -42,39 +42,27 @@ def test_global_batch_must_divide_over_processes(coinrun_data):
     assert next(iter(_loader(coinrun_data, batch_size=8, process_count=2))).shape[0] == 4
 
 
-def _window_starts(coinrun_data, **kwargs) -> list[set[int]]:
-    """Per validation clip in stored order, the offsets of the 2-frame windows (of the 4
-    stored frames) that the loader's batch equals (several where frames repeat)."""
+def _validation_windows(coinrun_data, **kwargs) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The stored 4-frame validation clips and the loader's 2-frame clips in stored order."""
     name, data_dir = coinrun_data
     stored = loader.read_clips(name, "validation", data_dir=data_dir)["frames"]
-    kwargs = dict(split="validation", batch_size=1, clip_frames=2, shuffle=False, num_epochs=1)
-    batches = list(_loader(coinrun_data, **kwargs))
-    assert len(batches) == len(stored)
-    return [
-        {start for start in range(3) if np.array_equal(clip[start : start + 2], batch[0])}
-        for clip, batch in zip(stored, batches, strict=True)
-    ]
+    kwargs = dict(split="validation", batch_size=1, shuffle=False, num_epochs=1) | kwargs
+    windows = [batch[0] for batch in _loader(coinrun_data, clip_frames=2, **kwargs)]
+    assert len(windows) == len(stored)
+    return stored, windows
 
 
 def test_training_windows_start_at_random_offsets(coinrun_data):
-    starts = _window_starts(coinrun_data)
-    assert all(starts), "every batch is a window of consecutive stored frames"
-    assert any(0 not in s for s in starts), "some windows must start after the first frame"
+    stored, windows = _validation_windows(coinrun_data)
+    # Per clip, the offsets whose window equals the loader's (several where frames repeat).
+    starts = [
+        {start for start in range(3) if np.array_equal(clip[start : start + 2], window)}
+        for clip, window in zip(stored, windows, strict=True)
+    ]
+    assert all(starts), "every window is consecutive stored frames"
     assert len(set().union(*starts)) == 3, "every offset 0..2 occurs"
-    stored = loader.read_clips(*coinrun_data[:1], "validation", data_dir=coinrun_data[1])
-    first = next(
-        iter(
-            _loader(
-                coinrun_data,
-                split="validation",
-                shuffle=False,
-                clip_frames=2,
-                batch_size=1,
-                random_window=False,
-            )
-        )
-    )
-    np.testing.assert_array_equal(first[0], stored["frames"][0, :2])
+    _, first = _validation_windows(coinrun_data, random_window=False)
+    np.testing.assert_array_equal(np.stack(first), stored[:, :2])
 
 
 @pytest.mark.parametrize("clip_frames", [None, 2])
