@@ -107,7 +107,8 @@ def read_clips(
     limit: int | None = None,
     clip_frames: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """For evaluation and probing: the first `limit` clips of `split` in stored order.
+    """For evaluation and probing: the first `limit` clips of `split` in stored order, each cut
+    to its first `clip_frames` frames (never a random window: evaluation sees fixed clips).
 
     Returns {"frames": uint8 (M, T, H, W, 3)} plus, when the dataset has them, "actions" int32
     (M, T-1) where actions[:, t] turned frames[:, t] into frames[:, t+1], and "level",
