@@ -85,8 +85,18 @@ class DynamicsModel(nnx.Module):
         """(B, T-1) int32 latent actions -> (B, T, 1, D) action tokens, one per frame.
 
         Frame t+1 gets actions[:, t], the action that produced it; frame 0 gets no_action.
+        Actions may also be (B, T-1, A) float weights over the A latent actions, embedded as
+        the weighted sum of their embeddings: co-training without stop-gradient passes a
+        straight-through one-hot (`genie.stages.straight_through_actions`), whose forward value
+        gives exactly the int32 embedding and whose gradient reaches the LAM.
         """
-        embedded = self.action_embedding(actions)
+        if jnp.issubdtype(actions.dtype, jnp.integer):
+            embedded = self.action_embedding(actions)
+        else:
+            table = self.action_embedding.embedding[...]
+            embedded = jnp.einsum(
+                "bta,ad->btd", actions.astype(table.dtype), table, precision="highest"
+            ).astype(self.action_embedding.dtype or table.dtype)
         no_action = jnp.broadcast_to(
             self.no_action_embedding[...].astype(embedded.dtype),
             (actions.shape[0], 1, embedded.shape[-1]),
@@ -161,7 +171,8 @@ def draw_mask(key: jax.Array, shape: tuple[int, int, int], min_mask_rate: float)
 def dynamics_loss(
     model: DynamicsModel, tokens: jax.Array, actions: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MaskGIT cross-entropy (fp32) on the masked tokens of (B, T, N) tokens given (B, T-1) actions.
+    """MaskGIT cross-entropy (fp32) on the masked tokens of (B, T, N) tokens given (B, T-1) actions
+    (int32 ids, or (B, T-1, A) weights: `DynamicsModel.embed_actions`).
 
     Returns (loss, metrics) with metrics 'loss' and 'masked_accuracy'; works under
     `nnx.value_and_grad(dynamics_loss, has_aux=True)`.

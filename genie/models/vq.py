@@ -92,6 +92,12 @@ class VectorQuantizer(nnx.Module):
         """(...) int32 code ids -> (..., E) unit-norm codes, float32."""
         return self.codes()[indices]
 
+    def similarity(self, z: jax.Array) -> jax.Array:
+        """(..., E) encoder outputs -> (..., K) float32 cosine similarity to every code; the
+        quantiser picks the most similar code."""
+        z_unit = l2_normalize(z.astype(jnp.float32))
+        return jnp.einsum("...e,ke->...k", z_unit, self.codes(), precision="highest")
+
     def __call__(
         self, z: jax.Array, *, training: bool, key: jax.Array | None = None
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
@@ -108,8 +114,7 @@ class VectorQuantizer(nnx.Module):
         z_unit = l2_normalize(z.astype(jnp.float32))
         codes = self.codes()
         # For unit vectors ||z - e||² = 2 - 2 z·e, so the nearest code has the largest dot.
-        similarity = jnp.einsum("...e,ke->...k", z_unit, codes, precision="highest")
-        indices = jnp.argmax(similarity, axis=-1).astype(jnp.int32)
+        indices = jnp.argmax(self.similarity(z), axis=-1).astype(jnp.int32)
         chosen = codes[indices]
 
         codebook_loss = jnp.mean(jnp.sum((jax.lax.stop_gradient(z_unit) - chosen) ** 2, -1))

@@ -199,3 +199,19 @@ def test_rejects_misaligned_actions(model):
     tokens, actions, mask = make_batch()
     with pytest.raises(ValueError, match="need 3 actions"):
         forward(model, tokens, jnp.concatenate([actions, actions[:, :1]], axis=1), mask)
+
+
+def test_action_weights_embed_like_ids_and_pass_gradients(model):
+    """(B, T-1, A) weights (co-training's straight-through one-hot) give exactly the logits of
+    the ids they are one-hot on, and a gradient to the weights, which ids cannot have."""
+    tokens, actions, mask = make_batch(3)
+    one_hot = jax.nn.one_hot(actions, A, dtype=jnp.float32)
+    np.testing.assert_array_equal(
+        forward(model, tokens, one_hot, mask), forward(model, tokens, actions, mask)
+    )
+
+    def loss(weights):
+        return dynamics_loss(model, tokens, weights, jax.random.key(0))[0]
+
+    gradient = jax.grad(loss)(one_hot)
+    assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
