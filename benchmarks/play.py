@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from genie.config import STAGES, load_experiment
+from genie.config import MODELS, load_experiment
 from genie.stages import build_model
 from genie.world import World
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
         def untrained(name):
             config = load_experiment(name)
-            models = {stage: build_model(config, stage, nnx.Rngs(0)) for stage in STAGES}
+            models = {name: build_model(config, name, nnx.Rngs(0)) for name in MODELS}
             return World(config, models)
 
         worlds = {name: (lambda name=name: untrained(name)) for name in args.configs}

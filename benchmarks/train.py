@@ -2,8 +2,9 @@
 
     python -m benchmarks.train [--configs coinrun_tiny coinrun] [--steps 10]
 
-Random uint8 clips stand in for data (the loader has its own benchmark), and the dynamics
-stage reads freshly initialised tokenizer and LAM models, so nothing needs training first.
+Random uint8 clips stand in for data (the loader has its own benchmark), and stages that read
+frozen models (dynamics, lam_dynamics) read freshly initialised ones, so nothing needs training
+first.
 FLOPs per step come from XLA's cost analysis of the compiled step; MFU divides achieved
 FLOP/s by the chip's peak dense bf16 rate.
 """
@@ -41,11 +42,15 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
     batch = config.train(stage).batch_size
     mesh = make_mesh()
     rngs = nnx.Rngs(params=0)
-    model = build_model(config, stage, rngs)
-    optimizer = nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
-    frozen = {name: build_model(config, name, rngs) for name in STAGE_SPECS[stage].frozen}
+    spec = STAGE_SPECS[stage]
+    models = {name: build_model(config, name, rngs) for name in spec.trains}
+    optimizers = {
+        name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+        for name, model in models.items()
+    }
+    frozen = {name: build_model(config, name, rngs) for name in spec.frozen}
     step_fn, _, state, frozen_state = compile_ready_step(
-        config, stage, model, optimizer, frozen or None, mesh
+        config, stage, models, optimizers, frozen, mesh
     )
     data = config.data
     shape = (batch, data.clip_frames, data.image_size, data.image_size, 3)
@@ -64,7 +69,7 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
         state, metrics = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(models, nnx.Param)))
     peak = peak_flops(jax.devices()[0])
     return {
         "stage": stage,
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     device = jax.devices()[0]
     print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform})")
     print(
-        f"{'config':<14}{'stage':<11}{'params':>10}{'batch':>7}{'frames/s':>11}"
+        f"{'config':<14}{'stage':<14}{'params':>10}{'batch':>7}{'frames/s':>11}"
         f"{'steps/s':>9}{'TFLOP/step':>12}{'MFU':>7}"
     )
     for name in args.configs:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
             r = benchmark_stage(config, stage, args.steps, args.cpu_batch if small_cpu else None)
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "n/a"
             print(
-                f"{name:<14}{stage:<11}{r['params'] / 1e6:>9.2f}M{r['batch']:>7}"
+                f"{name:<14}{stage:<14}{r['params'] / 1e6:>9.2f}M{r['batch']:>7}"
                 f"{r['frames_per_s']:>11.1f}{r['steps_per_s']:>9.2f}"
                 f"{r['tflops_per_step']:>12.4f}{mfu:>7}",
                 flush=True,

@@ -18,8 +18,14 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 
-STAGES = ("tokenizer", "lam", "dynamics")
-Stage = Literal["tokenizer", "lam", "dynamics"]
+# The models a world is made of, and the stages that train them, in training order (the
+# registry in genie.stages says which models each stage trains and which it only reads). A later
+# stage's models and config win when a run folder holds several (`load_config`,
+# `genie.checkpoint.load_model`): "lam_dynamics" co-trains the LAM and the dynamics model.
+MODELS = ("tokenizer", "lam", "dynamics")
+Model = Literal["tokenizer", "lam", "dynamics"]
+STAGES = ("tokenizer", "lam", "dynamics", "lam_dynamics")
+Stage = Literal["tokenizer", "lam", "dynamics", "lam_dynamics"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,11 @@ class Config:
     train_tokenizer: TrainConfig = TrainConfig()
     train_lam: TrainConfig = TrainConfig()
     train_dynamics: TrainConfig = TrainConfig()
+    train_lam_dynamics: TrainConfig = TrainConfig()
+    # Co-training (stage "lam_dynamics"): True feeds the dynamics model stop-gradient latent
+    # actions, so the LAM learns from its own loss alone (Genie section 2.1); False lets the
+    # dynamics loss train the LAM too (GenieRedux), see genie.stages.cotrain_losses.
+    cotrain_stop_gradient: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -193,8 +204,9 @@ def save_config(config: Config, path: Path) -> None:
 def load_config(path: str | os.PathLike) -> Config:
     """Reads the config saved by a run: a run folder, a stage folder or a config.json.
 
-    For a run folder, the latest stage's config wins (dynamics, then lam, then tokenizer): a
-    later stage records the sections of the stages it read, so it describes the whole world.
+    For a run folder, the latest stage's config wins (lam_dynamics, dynamics, lam, then
+    tokenizer: STAGES backwards): a later stage records the sections of the stages it read, so
+    it describes the whole world.
     """
     path = Path(path)
     stages = reversed(STAGES)

@@ -1,20 +1,23 @@
-"""One training loop for all three stages.
+"""One training loop for every stage.
 
-    python -m genie.train tokenizer --config coinrun_tiny [--train-tokenizer.steps 50]
-    python -m genie.train lam       --config coinrun_tiny
-    python -m genie.train dynamics  --config coinrun_tiny
+    python -m genie.train tokenizer    --config coinrun_tiny [--train-tokenizer.steps 50]
+    python -m genie.train lam          --config coinrun_tiny
+    python -m genie.train dynamics     --config coinrun_tiny
+    python -m genie.train lam_dynamics --config coinrun_tiny   # co-trains LAM and dynamics
 
-The stage (genie.stages) supplies its model, loss and pictures; this loop supplies the data
-sharding, the optimizer, checkpointing, logging, resume and the progress bar. A run resumes
-automatically from the latest checkpoint in `<run_dir>/<stage>/checkpoints`: parameters,
-optimizer moments, the step, the VQ reset counters and the data-iterator position, and every
-step's key is `fold_in(seed_key, step)`, so a resumed run repeats an uninterrupted one.
+The stage (genie.stages) declares the models it trains and the ones it reads frozen, and
+supplies its loss and pictures; this loop supplies the data sharding, one optimizer per trained
+model, checkpointing, logging, resume and the progress bar. A run resumes automatically from
+the latest checkpoint in `<run_dir>/<stage>/checkpoints`: parameters, optimizer moments, the
+step, the VQ reset counters and the data-iterator position, and every step's key is
+`fold_in(seed_key, step)`, so a resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -66,31 +69,43 @@ def make_optimizer(config: Config, stage: Stage) -> optax.GradientTransformation
     )
 
 
-def make_train_step(stage_name: str, graphdef, frozen_graphdef):
-    """A pure `(state, frozen_state, frames, step_key) -> (state, metrics)` for jax.jit."""
-    spec = STAGE_SPECS[stage_name]
+def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
+    """A pure `(state, frozen_state, frames, step_key) -> (state, metrics)` for jax.jit.
+
+    `state` holds the stage's trained models and their optimizers (dicts by model name);
+    the loss is differentiated with respect to those models only, never the frozen ones. A
+    stage that trains several models also reports each one's gradient norm and codebook resets
+    under its name ("lam/grad_norm").
+    """
+    spec = STAGE_SPECS[stage]
+    loss_fn = functools.partial(spec.loss, config=config)
+    several = len(spec.trains) > 1
 
     def train_step(state, frozen_state, frames, key):
-        model, optimizer = nnx.merge(graphdef, state)
-        frozen = nnx.merge(frozen_graphdef, frozen_state) if frozen_graphdef else None
-        inputs = spec.prepare(frozen, frames)
+        models, optimizers = nnx.merge(graphdef, state)
+        frozen = {} if frozen_graphdef is None else nnx.merge(frozen_graphdef, frozen_state)
         loss_key, reset_key = jax.random.split(key)
-
-        def loss_fn(model):
-            return spec.loss(model, inputs, loss_key)
-
-        (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        optimizer.update(model, grads)
+        (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
+            models, frozen, frames, loss_key
+        )
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-        if hasattr(model, "reset_dead_codes"):
-            metrics["codes_reset"] = model.reset_dead_codes(reset_key)
-        return nnx.state((model, optimizer)), metrics
+        for name, model in models.items():
+            optimizers[name].update(model, grads[name])
+            prefix = f"{name}/" if several else ""
+            if several:
+                metrics[f"{prefix}grad_norm"] = optax.global_norm(grads[name])
+            if hasattr(model, "reset_dead_codes"):
+                # One key for every model that revives codes: at most one per stage today,
+                # and different codebooks would draw different noise from it anyway.
+                metrics[f"{prefix}codes_reset"] = model.reset_dead_codes(reset_key)
+        return nnx.state((models, optimizers)), metrics
 
     return train_step
 
 
 def _load_frozen(config: Config, stage: Stage):
-    """The trained models this stage reads, from the same run folder."""
+    """The trained models this stage reads, from the same run folder, and `config` with their
+    config sections (the ones they were built from)."""
     spec = STAGE_SPECS[stage]
     frozen = {}
     for name in spec.frozen:
@@ -104,10 +119,9 @@ def _load_frozen(config: Config, stage: Stage):
                 f"{saved.data.image_size}px clips of {saved.data.clip_frames} frames, this "
                 f"{stage} run uses {config.data.image_size}px x {config.data.clip_frames}"
             )
-        if name == "tokenizer" and saved.tokenizer != config.tokenizer:
-            config = dataclasses.replace(config, tokenizer=saved.tokenizer)
-        if name == "lam" and saved.lam != config.lam:
-            config = dataclasses.replace(config, lam=saved.lam)
+        # Config sections are named like the models they size.
+        if getattr(saved, name) != getattr(config, name):
+            config = dataclasses.replace(config, **{name: getattr(saved, name)})
         frozen[name] = model
     return frozen, config
 
@@ -152,20 +166,22 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def compile_ready_step(config: Config, stage: Stage, model, optimizer, frozen, mesh):
+def compile_ready_step(config: Config, stage: Stage, models, optimizers, frozen, mesh):
     """Splits the models into graph and (sharded) state and jits the train step over them.
 
-    Returns (step_fn, graphdef, state, frozen_state); `step_fn(state, frozen_state, frames, key)`
-    donates `state` and returns the new state and the step's metrics.
+    `models` and `optimizers` are the trained models and their optimizers by name, `frozen`
+    the read-only models by name. Returns (step_fn, graphdef, state, frozen_state);
+    `step_fn(state, frozen_state, frames, key)` donates `state` and returns the new state and
+    the step's metrics.
     """
-    graphdef, state = nnx.split((model, optimizer))
+    graphdef, state = nnx.split((models, optimizers))
     frozen_graphdef, frozen_state = nnx.split(frozen) if frozen else (None, None)
     shardings = state_shardings(state, mesh, fsdp=config.fsdp)
     state = jax.device_put(state, shardings)
     if frozen:
         frozen_state = shard_state(frozen_state, mesh, fsdp=config.fsdp)
     step_fn = jax.jit(
-        make_train_step(stage, graphdef, frozen_graphdef),
+        make_train_step(config, stage, graphdef, frozen_graphdef),
         donate_argnums=0,
         out_shardings=(shardings, None),
     )
@@ -193,8 +209,15 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
         raise ValueError(
             f"batch size {train_config.batch_size} does not split over {mesh.size} devices"
         )
-    model = build_model(config, stage, nnx.Rngs(params=config.seed))
-    optimizer = nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+    # Every trained model starts as it would in a stage of its own; each gets its own optimizer
+    # (and gradient clipping), so with stop-gradient a co-trained LAM takes exactly the updates
+    # the lam stage would give it.
+    trains = STAGE_SPECS[stage].trains
+    models = {name: build_model(config, name, nnx.Rngs(params=config.seed)) for name in trains}
+    optimizers = {
+        name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+        for name, model in models.items()
+    }
 
     if data_iterator is None:
         from data_pipelines.loader import make_loader
@@ -211,11 +234,11 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
         data_iterator = iter(loader)
 
     manager = checkpoint.checkpoint_manager(folder, keep=train_config.keep_checkpoints)
-    start = checkpoint.restore(manager, model, optimizer, data_iterator) or 0
+    start = checkpoint.restore(manager, models, optimizers, data_iterator) or 0
     if start:
         log.info("resumed %s from step %d", stage, start)
     step_fn, graphdef, state, frozen_state = compile_ready_step(
-        config, stage, model, optimizer, frozen, mesh
+        config, stage, models, optimizers, frozen, mesh
     )
     frames_sharding = batch_sharding(mesh)
     base_key = jax.random.key(config.seed + 1)
@@ -277,18 +300,19 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                     writer.scalars(done, metrics)
                     history.append(dict(metrics, step=done))
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", fps=f"{rate:.0f}")
-                    if metrics.get("code_usage_max", 0.0) > 0.9:
+                    usage = metrics.get("code_usage_max", metrics.get("lam/code_usage_max"))
+                    if usage is not None and usage > 0.9:
                         log.warning(
                             "step %d: one latent action explains %.0f%% of transitions "
                             "(the LAM may be collapsing)",
                             done,
-                            100 * metrics["code_usage_max"],
+                            100 * usage,
                         )
                 if drawing:
                     _save_images(writer, stage, graphdef, state, frozen, local, image_key, done)
                 if saving:
-                    model, optimizer = nnx.merge(graphdef, state)
-                    checkpoint.save(manager, done, model, optimizer, data_iterator, config)
+                    models, optimizers = nnx.merge(graphdef, state)
+                    checkpoint.save(manager, done, models, optimizers, data_iterator, config)
                     last_saved = done
                 if stopping:
                     log.warning("%s received: saved step %d in %s", stop.signal, done, folder)
@@ -307,8 +331,9 @@ def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step
     if spec.images is None:
         return
     # Every process draws (the parameters may be sharded across hosts); only process 0 writes.
-    model, _ = nnx.merge(graphdef, state)
-    image = spec.images(model, frozen, np.asarray(frames), jax.random.fold_in(image_key, step))
+    models, _ = nnx.merge(graphdef, state)
+    models = {**frozen, **models}
+    image = spec.images(models, np.asarray(frames), jax.random.fold_in(image_key, step))
     writer.image(step, stage, image)
 
 
@@ -318,7 +343,8 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
 
     parser = argparse.ArgumentParser(
         prog="genie train",
-        description="Train one stage of genie. Any Config field can be overridden, e.g. "
+        description="Train one stage of genie (lam_dynamics co-trains the LAM and the "
+        "dynamics model). Any Config field can be overridden, e.g. "
         "--tokenizer.num-codes 512 --train-tokenizer.batch-size 16 "
         "(`--config FILE --help` lists them all).",
         add_help=False,

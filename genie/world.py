@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from genie.config import STAGES, Config
+from genie.config import MODELS, Config
 from genie.models.lam import check_actions
 from genie.models.maskgit import sample_frame
 from genie.models.tokenizer import unit_to_uint8
@@ -157,7 +157,7 @@ trace_counts: collections.Counter = collections.Counter()
 
 
 def _merge(graphdefs, states) -> dict[str, nnx.Module]:
-    return {name: nnx.merge(g, s) for name, g, s in zip(STAGES, graphdefs, states, strict=True)}
+    return {name: nnx.merge(g, s) for name, g, s in zip(MODELS, graphdefs, states, strict=True)}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdefs",))
@@ -221,7 +221,7 @@ class World:
         steps: int | None = None,
         temperature: float | None = None,
     ):
-        missing = set(STAGES) - set(models)
+        missing = set(MODELS) - set(models)
         if missing:
             raise ValueError(
                 f"a World needs the tokenizer, lam and dynamics models; missing {sorted(missing)}"
@@ -246,7 +246,7 @@ class World:
                 f"for {models['dynamics'].num_actions}"
             )
         self.num_patches = models["tokenizer"].num_patches
-        split = [nnx.split(models[name]) for name in STAGES]
+        split = [nnx.split(models[name]) for name in MODELS]
         self._graphdefs = tuple(graphdef for graphdef, _ in split)
         self._states = tuple(state for _, state in split)
         self._prompt: np.ndarray | None = None
@@ -261,13 +261,15 @@ class World:
         steps: int | None = None,
         temperature: float | None = None,
     ) -> World:
-        """Loads the three stages of a run folder; the config is the one saved with the
-        dynamics model (which was trained on the tokenizer and LAM of the same run)."""
+        """Loads the three models of a run folder, each from the latest stage that trained it
+        (`genie.checkpoint.load_model`: a co-trained LAM and dynamics model from `lam_dynamics`,
+        else the `lam` and `dynamics` stages); the config is the one saved with the dynamics
+        model (which was trained on the tokenizer and LAM of the same run)."""
         from genie.checkpoint import load_model
 
         models, config = {}, None
-        for stage in STAGES:
-            models[stage], config = load_model(run_dir, stage)
+        for name in MODELS:
+            models[name], config = load_model(run_dir, name)
         return cls(
             config, models, batch_size=batch_size, seed=seed, steps=steps, temperature=temperature
         )

@@ -52,6 +52,7 @@ def tiny_config(run_dir, *, steps: int = 6, **overrides) -> Config:
         train_tokenizer=train,
         train_lam=train,
         train_dynamics=train,
+        train_lam_dynamics=train,
     )
     return dataclasses.replace(config, **overrides)
 
@@ -84,18 +85,39 @@ def clips():
     return moving_square_clips(32)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A run folder with all three stages of `tiny_config` trained for a few steps."""
-    from genie.train import train
-
-    run_dir = tmp_path_factory.mktemp("tiny_run")
+def _picture_config(run_dir) -> Config:
+    """`tiny_config` for 3 steps, saving pictures at the last."""
     config = tiny_config(run_dir, steps=3)
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config,
         **{f"train_{s}": dataclasses.replace(config.train(s), image_every=3) for s in STAGES},
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run folder with the three sequential stages of `tiny_config` trained for a few steps."""
+    from genie.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    config = _picture_config(run_dir)
     for stage in ("tokenizer", "lam", "dynamics"):
         iterator = synthetic_iterator(moving_square_clips(16), config.train(stage).batch_size)
         train(config, stage, data_iterator=iterator, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def cotrained_run(tmp_path_factory, tiny_run):
+    """A run folder with `tiny_run`'s tokenizer and a LAM and dynamics model co-trained for a
+    few steps (stage lam_dynamics), and no lam or dynamics stage."""
+    import shutil
+
+    from genie.train import train
+
+    run_dir = tmp_path_factory.mktemp("cotrained_run")
+    shutil.copytree(tiny_run / "tokenizer", run_dir / "tokenizer")
+    config = _picture_config(run_dir)
+    iterator = synthetic_iterator(moving_square_clips(16), config.train_lam_dynamics.batch_size)
+    train(config, "lam_dynamics", data_iterator=iterator, progress=False)
     return run_dir

@@ -1,4 +1,5 @@
-"""Data-parallel and FSDP training on four simulated CPU devices."""
+"""Data-parallel and FSDP training on four simulated CPU devices: the tokenizer stage and the
+co-training stage (two trained models, one frozen)."""
 
 from __future__ import annotations
 
@@ -25,15 +26,19 @@ from genie.stages import build_model
 from genie.train import train
 from genie.writer import read_metrics
 from tests.conftest import moving_square_clips, synthetic_iterator, tiny_config
-config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp")
+config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp",
+                     cotrain_stop_gradient=False)
 genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
 shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
                             make_mesh(), fsdp=config.fsdp)
 sharded = sum(any(axis is not None for axis in s.spec) for s in jax.tree.leaves(shardings))
-result = train(config, "tokenizer", data_iterator=synthetic_iterator(moving_square_clips(16), 4),
-               progress=False)
-print(json.dumps({"devices": jax.device_count(), "sharded": sharded,
-                  "losses": [m["loss"] for m in read_metrics(config.run_path / "tokenizer")]}))
+losses = {}
+# The tokenizer, then the LAM and dynamics model co-trained on it (straight-through path).
+for stage in ("tokenizer", "lam_dynamics"):
+    train(config, stage, data_iterator=synthetic_iterator(moving_square_clips(16), 4),
+          progress=False)
+    losses[stage] = [m["loss"] for m in read_metrics(config.run_path / stage)]
+print(json.dumps({"devices": jax.device_count(), "sharded": sharded, "losses": losses}))
 """
 
 
@@ -64,10 +69,17 @@ def test_parameter_spec_rules():
     assert tuple(parameter_spec((129, 127), devices=4, fsdp=True)) == ()  # nothing divides
 
 
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """The single-device run both modes are compared with, trained once."""
+    return _run(tmp_path_factory.mktemp("one_device"), 1, "dp")
+
+
 @pytest.mark.parametrize("mode", ["dp", "fsdp"])
-def test_four_devices_train_like_one(tmp_path, mode):
-    one = _run(tmp_path, 1, "dp")
+def test_four_devices_train_like_one(tmp_path, mode, one_device):
+    one = one_device
     four = _run(tmp_path, 4, mode)
     assert (one["devices"], four["devices"]) == (1, 4)
     assert (four["sharded"] > 0) == (mode == "fsdp")
-    np.testing.assert_allclose(four["losses"], one["losses"], rtol=2e-4)
+    for stage in ("tokenizer", "lam_dynamics"):
+        np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)

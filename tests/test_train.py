@@ -1,9 +1,12 @@
-"""The shared training loop: resume equivalence, non-finite loss, config round trip."""
+"""The shared training loop: resume equivalence (one model and co-training), co-training with
+stop-gradient, which stage folder serves a model, non-finite loss, config round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -128,3 +131,93 @@ def test_dynamics_stage_needs_trained_tokenizer(tmp_path):
             data_iterator=synthetic_iterator(moving_square_clips(8), 4),
             progress=False,
         )
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory):
+    """A run folder holding only a (3-step) trained tokenizer: what co-training reads."""
+    run_dir = tmp_path_factory.mktemp("tokenizer_run")
+    clips = moving_square_clips(16)
+    train(
+        tiny_config(run_dir, steps=3),
+        "tokenizer",
+        data_iterator=synthetic_iterator(clips, 4),
+        progress=False,
+    )
+    return run_dir
+
+
+def _with_tokenizer(tokenizer_run, run_dir):
+    shutil.copytree(tokenizer_run / "tokenizer", run_dir / "tokenizer")
+    return run_dir
+
+
+def test_cotrained_run_resumes_like_an_uninterrupted_one(tmp_path, tokenizer_run):
+    clips = moving_square_clips(16)
+    stage = "lam_dynamics"
+    whole_dir = _with_tokenizer(tokenizer_run, tmp_path / "whole")
+    halves_dir = _with_tokenizer(tokenizer_run, tmp_path / "halves")
+
+    # Without stop-gradient (the straight-through path into the LAM), and with dead LAM codes
+    # revived after two steps, so the codebook statistics must come back too.
+    def config(run_dir):
+        config = tiny_config(run_dir, cotrain_stop_gradient=False)
+        return dataclasses.replace(config, lam=dataclasses.replace(config.lam, dead_code_steps=2))
+
+    train(config(whole_dir), stage, data_iterator=synthetic_iterator(clips, 4), progress=False)
+
+    halves = config(halves_dir)
+    interrupted = InterruptAfter(synthetic_iterator(clips, 4), count=2)
+    train(halves, stage, data_iterator=interrupted, progress=False)
+    assert checkpoint.checkpoint_manager(halves_dir / stage).latest_step() == 2
+    train(halves, stage, data_iterator=synthetic_iterator(clips, 4), progress=False)
+
+    metrics_whole, metrics_halves = (
+        read_metrics(whole_dir / stage),
+        read_metrics(halves_dir / stage),
+    )
+    for key in ("loss", "lam/loss", "dynamics/loss", "lam/grad_norm", "lam/codes_reset"):
+        assert [m[key] for m in metrics_halves] == [m[key] for m in metrics_whole], key
+    assert sum(m["lam/codes_reset"] for m in metrics_whole) > 0  # revival ran
+    for name in ("lam", "dynamics"):
+        for a, b in zip(_params(whole_dir, name), _params(halves_dir, name), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_cotraining_with_stop_gradient_trains_the_lam_as_the_lam_stage(tmp_path, tokenizer_run):
+    """Genie's stop-gradient: the dynamics model changes nothing about the LAM's training (own
+    optimizer, own clipping, the same keys), so the co-trained LAM is the lam stage's LAM."""
+    run_dir = _with_tokenizer(tokenizer_run, tmp_path / "run")
+    config = tiny_config(run_dir, steps=3)
+    for stage in ("lam", "lam_dynamics"):
+        train(
+            config,
+            stage,
+            data_iterator=synthetic_iterator(moving_square_clips(16), 4),
+            progress=False,
+        )
+    alone = checkpoint.load_model(run_dir, "lam", stage="lam")[0]
+    cotrained = checkpoint.load_model(run_dir, "lam", stage="lam_dynamics")[0]
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(alone)), jax.tree.leaves(nnx.state(cotrained)), strict=True
+    ):
+        # Bitwise equal on CPU here; a tolerance, as XLA may fuse the bigger step differently.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    # A run folder holding both serves the co-trained LAM and dynamics model, and its config.
+    assert checkpoint.trained_stage(run_dir, "lam") == "lam_dynamics"
+    assert checkpoint.trained_stage(run_dir, "dynamics") == "lam_dynamics"
+    assert checkpoint.trained_stage(run_dir, "tokenizer") == "tokenizer"
+    assert load_config(run_dir) == load_config(run_dir / "lam_dynamics")
+    default = checkpoint.load_model(run_dir, "lam")[0]
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(default)), jax.tree.leaves(nnx.state(cotrained)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_model_names_every_stage_that_trains_it(tmp_path, tokenizer_run):
+    with pytest.raises(FileNotFoundError, match="dynamics/, lam_dynamics/"):
+        checkpoint.load_model(tokenizer_run, "dynamics")
+    with pytest.raises(ValueError, match="does not train a tokenizer"):
+        checkpoint.load_model(tokenizer_run, "tokenizer", stage="lam_dynamics")

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from genie import world as world_module
+from genie.config import load_config
 from genie.models.maskgit import rollout as maskgit_rollout
 from genie.world import World
 from tests.conftest import moving_square_clips
@@ -190,3 +191,15 @@ def test_from_run_and_missing_stage(tiny_run, tmp_path, clip):
         shutil.copytree(run_dir / stage, partial / stage)
     with pytest.raises(FileNotFoundError, match="dynamics"):
         World.from_run(partial)
+
+
+def test_from_run_loads_a_cotrained_run(cotrained_run, clip):
+    """A run whose LAM and dynamics model were co-trained (stage lam_dynamics, no lam or
+    dynamics folder) loads and steps like any other."""
+    assert not (cotrained_run / "lam").exists() and not (cotrained_run / "dynamics").exists()
+    world = World.from_run(cotrained_run, seed=1, steps=2)
+    assert world.config == load_config(cotrained_run / "lam_dynamics")
+    assert world.num_actions == 4
+    world.reset(clip[:2])
+    frames = world.rollout([0, 3, 1])
+    assert frames.shape == (1, 3, 16, 16, 3) and frames.dtype == np.uint8

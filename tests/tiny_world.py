@@ -12,7 +12,7 @@ import functools
 
 from flax import nnx
 
-from genie.config import STAGES
+from genie.config import MODELS
 from genie.stages import build_model
 from tests.conftest import tiny_config
 
@@ -21,9 +21,9 @@ ACTION_SCALE = 50.0
 
 @functools.cache
 def tiny_models():
-    """(config, {stage: model}); shared, as worlds only read their models."""
+    """(config, {name: model}); shared, as worlds only read their models."""
     config = tiny_config("unused")
-    models = {stage: build_model(config, stage, nnx.Rngs(config.seed)) for stage in STAGES}
+    models = {name: build_model(config, name, nnx.Rngs(config.seed)) for name in MODELS}
     embedding = models["dynamics"].action_embedding.embedding
     embedding.value = embedding.value * ACTION_SCALE
     return config, models
