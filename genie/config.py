@@ -57,13 +57,14 @@ class TokenizerConfig:
     decoder: TransformerConfig = TransformerConfig()
     commitment_weight: float = 0.25
     dead_code_steps: int = 100  # a code unused this many steps is re-initialised
-    # Convolutional stem: a 3x3 convolution (3 -> stem_channels, GELU) over each frame before
-    # patchify, so every patch embedding also sees the pixels bordering its patch. 0: none.
+    # Convolutional stem: stem_channels features of a 3x3 convolution (GELU) over each frame
+    # are patchified beside the pixels, so every patch embedding also sees the pixels bordering
+    # its patch. 0: none (Genie).
     stem_channels: int = 0
-    # Convolutional head: the decoder emits head_channels features per pixel instead of colours,
-    # and two 3x3 convolutions over each full-resolution frame turn them into pixels, so
-    # neighbouring patches blend and the P x P block edges can vanish. 0: the decoder emits
-    # pixels (Genie). Both act within one frame, so the tokenizer stays causal in time.
+    # Convolutional head: the decoder emits head_channels features per pixel beside the colours,
+    # and two 3x3 convolutions over each full-resolution frame add a correction to the colours,
+    # so neighbouring patches blend and the P x P block edges can fade. 0: none (Genie). Stem
+    # and head act within one frame, so the tokenizer stays causal in time.
     head_channels: int = 0
 
 

@@ -57,7 +57,8 @@ def shrink_output(transformer: STTransformer, scale: float = 0.1) -> None:
 
 
 class ConvStem(nnx.Module):
-    """(B, T, H, W, C) pixels -> (B, T, H, W, F) features: one 3x3 convolution per frame."""
+    """(B, T, H, W, C) pixels -> (B, T, H, W, C + F): the pixels and F features of one 3x3
+    convolution per frame, so a patch embedding reads its own pixels exactly and its borders."""
 
     def __init__(self, channels: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.conv = nnx.Conv(
@@ -66,21 +67,25 @@ class ConvStem(nnx.Module):
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         # nnx.Conv reads the last three axes as H, W, C and every axis before them as batch.
-        return jax.nn.gelu(self.conv(pixels))
+        return jnp.concatenate([pixels, jax.nn.gelu(self.conv(pixels))], axis=-1)
 
 
 class ConvHead(nnx.Module):
-    """(B, T, H, W, F) decoder features -> (B, T, H, W, C) pixels: two 3x3 convolutions per
-    frame, so each output pixel also reads the features of the neighbouring patches."""
+    """(B, T, H, W, C + F) decoder output -> (B, T, H, W, C) pixels: the decoder's colours plus
+    a correction from two 3x3 convolutions per frame over the colours and F extra features, so
+    each output pixel also reads the neighbouring patches. The correction starts small, so
+    training starts from the plain tokenizer's output and refines it."""
 
     def __init__(self, channels: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.hidden = nnx.Conv(channels, channels, (3, 3), **kw)
+        self.hidden = nnx.Conv(CHANNELS + channels, channels, (3, 3), **kw)
         self.output = nnx.Conv(channels, CHANNELS, (3, 3), **kw)
         self.output.kernel[...] = self.output.kernel[...] * 0.1  # as `shrink_output`
 
-    def __call__(self, features: jax.Array) -> jax.Array:
-        return self.output(jax.nn.gelu(self.hidden(features)))
+    def __call__(self, decoded: jax.Array) -> jax.Array:
+        # nnx.Conv reads the last three axes as H, W, C and every axis before them as batch.
+        correction = self.output(jax.nn.gelu(self.hidden(decoded)))
+        return decoded[..., :CHANNELS] + correction
 
 
 class VideoTokenizer(nnx.Module):
@@ -108,14 +113,13 @@ class VideoTokenizer(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
-        encoder_in = pixel_dim * (config.stem_channels or CHANNELS)
-        decoder_out = pixel_dim * (config.head_channels or CHANNELS)
+        encoder_in = pixel_dim * (CHANNELS + config.stem_channels)
+        decoder_out = pixel_dim * (CHANNELS + config.head_channels)
         self.encoder = STTransformer(encoder_in, config.code_dim, config.encoder, **kw)
         self.vq = VectorQuantizer.from_config(config, rngs=rngs)
         self.decoder = STTransformer(config.code_dim, decoder_out, config.decoder, **kw)
-        if self.head is None:
-            # Start near mid-grey instead of unit-scale noise around it.
-            shrink_output(self.decoder)
+        # Start near mid-grey instead of unit-scale noise around it.
+        shrink_output(self.decoder)
 
     def encode(self, frames: jax.Array) -> jax.Array:
         """(B, T, H, W, C) uint8 -> (B, T, N, E) continuous latents, causal in T."""
