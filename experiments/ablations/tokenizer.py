@@ -93,14 +93,16 @@ def patch_edges(image_size: int, patch_size: int) -> np.ndarray:
     return edge[:, None] | edge[None, :]
 
 
-def measure(tokenizer, config: Config, split: str = "validation", batch: int = 32) -> dict:
+def measure(
+    tokenizer, config: Config, dataset: str, split: str = "validation", batch: int = 32
+) -> dict:
     """Pooled reconstruction PSNR over every frame of `split` (the mean squared error over all
     pixels of all frames, as `genie.metrics.pooled_psnr`), the same on the patch borders and
     inside the patches (block artefacts show as a gap), and the share of codes used."""
     from data_pipelines.loader import read_clips
 
     frames = read_clips(
-        config.data.dataset,
+        dataset,
         split,
         data_dir=config.data.data_dir,
         clip_frames=config.data.clip_frames,
@@ -116,6 +118,7 @@ def measure(tokenizer, config: Config, split: str = "validation", batch: int = 3
     edges = patch_edges(config.data.image_size, config.tokenizer.patch_size)
     usage = metrics.code_usage(np.concatenate(tokens), tokenizer.num_codes)
     return {
+        "eval_dataset": dataset,
         "split": split,
         "clips": len(frames),
         "psnr": float(-10 * np.log10(squared_error.mean())),
@@ -167,7 +170,9 @@ def train_timed(config: Config, variant: Variant, run_dir: Path) -> dict:
     return record
 
 
-def run_variant(base: str, name: str, variant: Variant, extra: list[str], tag: str) -> dict:
+def run_variant(
+    base: str, name: str, variant: Variant, extra: list[str], tag: str, eval_dataset: str | None
+) -> dict:
     import tyro
 
     from genie import checkpoint
@@ -185,6 +190,7 @@ def run_variant(base: str, name: str, variant: Variant, extra: list[str], tag: s
         "overrides": " ".join(
             [*variant.overrides, *extra, *([] if variant.random_window else ["(first frames)"])]
         ),
+        "dataset": config.data.dataset,
         "steps": train_config.steps,
         "batch": train_config.batch_size,
         "learning_rate": train_config.learning_rate,
@@ -195,13 +201,18 @@ def run_variant(base: str, name: str, variant: Variant, extra: list[str], tag: s
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "trained_steps": trained.get("steps"),
         "train_psnr": trained.get("train_psnr"),
-        **measure(tokenizer, config),
+        **measure(tokenizer, config, eval_dataset or config.data.dataset),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as file:
         file.write(json.dumps(row) + "\n")
     write_table()
     return row
+
+
+def _scored_on(row: dict) -> str:
+    scored, trained = row.get("eval_dataset"), row.get("dataset")
+    return f" (scored on {scored})" if scored and trained and scored != trained else ""
 
 
 def _edge_interior(row: dict) -> str:
@@ -224,7 +235,7 @@ def write_table() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = [
-        f"| {r['base']} | {r['variant']} | `{r['overrides'] or '-'}` | "
+        f"| {r['base']} | {r['variant']} | `{r['overrides'] or '-'}`{_scored_on(r)} | "
         f"{r.get('trained_steps') or r['steps']} x {r['batch']} | {r['parameters'] / 1e3:.0f}k | "
         f"{r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) | "
         f"{r['train_psnr'] or float('nan'):.2f} | **{r['psnr']:.2f}** | "
@@ -245,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tag", default="", help="names extra overrides (e.g. steps900) in the run folder"
     )
+    parser.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="score on this dataset's validation split (default: the one trained on), e.g. "
+        "coinrun_tiny for a tokenizer trained on coinrun_400 (same level split rule)",
+    )
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args, extra = parser.parse_known_args(argv)
     if args.list:
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.variants.split(","):
         if name not in VARIANTS:
             raise SystemExit(f"error: unknown variant {name!r}; --list shows them")
-        row = run_variant(args.base, name, VARIANTS[name], extra, args.tag)
+        row = run_variant(args.base, name, VARIANTS[name], extra, args.tag, args.eval_dataset)
         print(json.dumps(row))
 
 
