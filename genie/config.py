@@ -112,6 +112,23 @@ class LAMConfig:
     # Also feed the encoder each frame's difference from the previous one (zero for the first),
     # so motion is in its input rather than something it must learn to compute.
     encoder_differences: bool = False
+    # With motion_size S > 0, each encoder patch also reads the S x S local cost volume between
+    # the previous frame and its own (`genie.models.lam.motion_costs`): how well each small
+    # shift of x_{t-1} explains x_t there. 0: pixels only (Genie).
+    motion_size: int = 0
+    # "mse": the reconstruction term is the (weighted) pixel MSE (Genie). "relative": the same
+    # divided by the batch's repeat-the-last-frame error, so it is O(1) like the VQ terms
+    # instead of O(0.01), and the encoder's latents follow the reconstruction, not only the
+    # commitment pull toward the codes.
+    reconstruction_loss: Literal["mse", "relative"] = "mse"
+    # How the decoder draws x_{t+1}. "pixels": each patch token emits the change of its P*P*C
+    # pixels (Genie). "kernels": each patch token also emits a softmax over a kernel_size x
+    # kernel_size neighbourhood, and the patch's pixels are x_t resampled with that kernel plus
+    # the change (CDNA, Finn et al. 2016). A P*P*C patch squeezed into one token cannot carry
+    # its texture, so a pixel decoder cannot move it; a kernel moves it with a few numbers, and
+    # where the screen moves is exactly what the action says.
+    decoder_output: Literal["pixels", "kernels"] = "pixels"
+    kernel_size: int = 5
 
 
 @dataclass(frozen=True)

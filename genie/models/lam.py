@@ -48,6 +48,60 @@ from genie.models.vq import VectorQuantizer, check_codes, l2_normalize
 _CHANGED_PIXEL_THRESHOLD = 0.05
 
 
+# Initial logit of the centre tap of a kernel decoder's kernels: softmax puts about 0.7 of the
+# weight there against 24 zero logits (5x5), so training starts near "repeat the last frame"
+# (plus a little blur) while the other taps keep gradients big enough to learn to move: at 7
+# (0.98 at the centre) the softmax saturates and the kernels never leave the centre.
+_CENTRE_TAP_LOGIT = 4.0
+
+
+def shifted_copies(frames: jax.Array, size: int) -> jax.Array:
+    """(B, T, H, W, C) -> (B, T, H, W, C, S*S): copy k is frames[y+dy, x+dx] for the k-th
+    row-major offset (dy, dx) in -S//2..S//2, the frame extended by its edge pixels."""
+    radius = size // 2
+    height, width = frames.shape[2], frames.shape[3]
+    padded = jnp.pad(
+        frames, ((0, 0), (0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge"
+    )
+    copies = [
+        padded[:, :, dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)
+    ]
+    return jnp.stack(copies, axis=-1)
+
+
+def resample(frames: jax.Array, kernels: jax.Array, patch_size: int) -> jax.Array:
+    """Moves pixels with one kernel per patch (CDNA, Finn et al. 2016).
+
+    frames (B, T, H, W, C) float, kernels (B, T, N, S*S) weights summing to 1 over an S x S
+    neighbourhood (the offsets of `shifted_copies`), one per patch of `patch_size` -> (B, T, H,
+    W, C): out[y, x] = sum over (dy, dx) of kernel[patch of (y, x)][dy, dx] * frames[y+dy, x+dx].
+    A one-hot kernel at offset (0, -1) shifts the patch's content one pixel to the right.
+    """
+    size = math.isqrt(kernels.shape[-1])
+    height, width = frames.shape[2], frames.shape[3]
+    grid = rearrange(
+        kernels, "b t (h w) k -> b t h w k", h=height // patch_size, w=width // patch_size
+    )
+    weights = jnp.repeat(jnp.repeat(grid, patch_size, axis=2), patch_size, axis=3)
+    return jnp.einsum("bthwck,bthwk->bthwc", shifted_copies(frames, size), weights)
+
+
+def motion_costs(pixels: jax.Array, patch_size: int, size: int) -> jax.Array:
+    """Local cost volume (FlowNet's correlation layer, Dosovitskiy et al. 2015, in its simplest
+    form): (B, T, H, W, C) float -> (B, T, N, S*S), for frame t >= 1 and each offset (dy, dx)
+    of `shifted_copies`, the mean squared error of x_{t-1} moved by that offset against x_t
+    over each patch, standardised over the offsets; zero for frame 0. Motion becomes an input
+    the encoder reads instead of something it must learn to compute."""
+    moved = shifted_copies(pixels[:, :-1], size)  # (B, T-1, H, W, C, S*S)
+    error = (moved - pixels[:, 1:, ..., None]) ** 2
+    error = rearrange(
+        error.mean(axis=4), "b t (h p) (w q) k -> b t (h w) k (p q)", p=patch_size, q=patch_size
+    ).mean(-1)
+    centred = error - error.mean(-1, keepdims=True)
+    scaled = centred / (jnp.sqrt(jnp.mean(centred**2, -1, keepdims=True)) + 1e-6)
+    return jnp.concatenate([jnp.zeros_like(scaled[:, :1]), scaled], axis=1)
+
+
 def check_actions(actions, num_actions: int) -> None:
     """Raises "action 7 is outside the codebook of 6 latent actions (0..5)" for a concrete id
     outside 0..num_actions-1; traced actions pass unchecked."""
@@ -73,6 +127,7 @@ class LatentActionModel(nnx.Module):
         self.code_dim = config.code_dim
         self.changed_pixel_weight = config.changed_pixel_weight
         self.decoder_context = config.decoder_context
+        self.relative_reconstruction = config.reconstruction_loss == "relative"
         self.bottleneck = config.bottleneck
         if config.center_weight and not 0 < config.center_size <= image_size:
             raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
@@ -86,23 +141,32 @@ class LatentActionModel(nnx.Module):
         kw = dict(num_patches=self.num_patches, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         width = config.encoder.width
         self.encoder_differences = config.encoder_differences
+        self.motion_size = config.motion_size
         encoder_in = 2 * patch_dim if config.encoder_differences else patch_dim
+        encoder_in += config.motion_size**2
         self.encoder = STTransformer(encoder_in, width, config.encoder, max_frames=max_frames, **kw)
         self.action_projection = nnx.Linear(
             width, config.code_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
         self.vq = VectorQuantizer.from_config(config, rngs=rngs)
         every_block = config.action_injection == "every_block"
+        self.kernel_size = config.kernel_size if config.decoder_output == "kernels" else 0
+        if config.decoder_output == "kernels" and config.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {config.kernel_size}")
         self.decoder = STTransformer(
             patch_dim + config.code_dim,
-            patch_dim,
+            patch_dim + self.kernel_size**2,
             config.decoder,
             max_frames=max_frames - 1 if config.decoder_context == "all" else 1,
             condition_features=config.code_dim if every_block else 0,
             **kw,
         )
-        # Start close to "repeat the last frame" instead of adding unit-scale noise to it.
+        # Start close to "repeat the last frame" instead of adding unit-scale noise to it: a
+        # small change and, for kernels, nearly all weight on the centre tap.
         shrink_output(self.decoder)
+        if self.kernel_size:
+            bias = self.decoder.output_projection.bias
+            bias[...] = bias[...].at[patch_dim + self.kernel_size**2 // 2].set(_CENTRE_TAP_LOGIT)
 
     def _check(self, frames: jax.Array) -> None:
         check_frames(frames, self.image_size, "the latent action model")
@@ -117,6 +181,9 @@ class LatentActionModel(nnx.Module):
         if self.encoder_differences:
             change = jnp.diff(patches, axis=1, prepend=patches[:, :1])  # frame 0: zero change
             patches = jnp.concatenate([patches, change], axis=-1)
+        if self.motion_size:
+            costs = motion_costs(pixels, self.patch_size, self.motion_size)
+            patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
         features = self.encoder(patches)  # (B, T, N, D)
         # Transition t -> t+1 is read at frame t+1+L (capped), whose outputs have seen
         # x_1..x_{t+1+L}. The mean over N patches accumulates in float32 whatever the dtype.
@@ -151,7 +218,13 @@ class LatentActionModel(nnx.Module):
         else:
             delta = self.decoder(inputs, condition)
         size = self.image_size
-        return context + unpatchify(delta.astype(jnp.float32), self.patch_size, size, size)
+        delta = delta.astype(jnp.float32)
+        if not self.kernel_size:
+            return context + unpatchify(delta, self.patch_size, size, size)
+        patch_dim = delta.shape[-1] - self.kernel_size**2
+        change, logits = delta[..., :patch_dim], delta[..., patch_dim:]
+        moved = resample(context, jax.nn.softmax(logits, axis=-1), self.patch_size)
+        return moved + unpatchify(change, self.patch_size, size, size)
 
     def infer_actions(self, frames: jax.Array) -> jax.Array:
         """(B, T, H, W, C) uint8 -> (B, T-1) int32; actions[:, t] explains frame t -> t+1."""
@@ -207,7 +280,14 @@ def lam_loss(
     change = jnp.abs(target - frames_to_unit(frames[:, :-1])).max(axis=-1, keepdims=True)
     weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
     weight = weight * center_weights(frames.shape[2], model.center_size, model.center_weight)
-    loss = jnp.mean(weight * squared_error) + out["codebook_loss"] + out["commitment_loss"]
+    reconstruction = jnp.mean(weight * squared_error)
+    if model.relative_reconstruction:
+        # In units of the batch's own change: 1 is no better than repeating x_t. Raw pixel MSE
+        # is about 0.01 here, so its gradient would be a whisper next to the VQ terms (about
+        # 0.1-1), which then decide alone where the encoder's latents go.
+        repeat_error = jnp.mean(weight * (target - frames_to_unit(frames[:, :-1])) ** 2)
+        reconstruction = reconstruction / jax.lax.stop_gradient(jnp.maximum(repeat_error, 1e-6))
+    loss = reconstruction + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)
     random_prediction = jax.lax.stop_gradient(model.reconstruct(frames, random_actions))

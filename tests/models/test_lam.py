@@ -301,3 +301,73 @@ def test_encoder_differences_see_motion_and_stay_causal():
     base = encode(model, frames)
     changed = encode(model, frames.at[:, 2:].set(make_frames(2, (B, T - 2, 8, 8, 3))))
     np.testing.assert_array_equal(changed[:, :1], base[:, :1])
+
+
+def test_resample_moves_each_patch_by_its_own_kernel():
+    from genie.models.lam import resample
+
+    frames = jnp.arange(1 * 1 * 8 * 8 * 3, dtype=jnp.float32).reshape(1, 1, 8, 8, 3)
+    kernels = np.zeros((1, 1, 4, 9), np.float32)
+    kernels[:, :, 0, 3] = 1.0  # top-left patch: offset (0, -1), content moves one pixel right
+    kernels[:, :, 1:, 4] = 1.0  # the other three patches: the centre tap, unchanged
+    out = np.asarray(resample(frames, jnp.asarray(kernels), 4))
+    expected = np.asarray(frames).copy()
+    expected[:, :, :4, 1:4] = np.asarray(frames)[:, :, :4, 0:3]  # reads its left neighbour
+    # The leftmost column reads past the edge: the edge pixel itself.
+    np.testing.assert_array_equal(out, expected)
+    # A kernel split between two taps blends them (a sub-pixel shift).
+    half = np.zeros((1, 1, 4, 9), np.float32)
+    half[..., 4] = half[..., 5] = 0.5
+    blended = np.asarray(resample(frames, jnp.asarray(half), 4))
+    right = np.concatenate([np.asarray(frames)[:, :, :, 1:], np.asarray(frames)[:, :, :, -1:]], 3)
+    np.testing.assert_allclose(blended, 0.5 * (np.asarray(frames) + right))
+
+
+def test_kernel_decoder_starts_near_repeating_the_last_frame_and_stays_causal():
+    model = make_variant(decoder_output="kernels", kernel_size=3)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    prediction = reconstruct(model, frames, actions)
+    last = frames[:, :-1] / 255.0
+    # Within the initial change's noise (about 0.08) of x_t; an even 3x3 blur of these random
+    # frames would be about 0.2 away.
+    assert float(jnp.abs(prediction - last).mean()) < 0.1
+    for k in range(1, T):  # output k-1 predicts frame k from frames < k
+        changed = reconstruct(model, frames.at[:, k:].set(255 - frames[:, k:]), actions)
+        np.testing.assert_array_equal(changed[:, :k], prediction[:, :k])
+    with pytest.raises(ValueError, match="odd"):
+        make_variant(decoder_output="kernels", kernel_size=4)
+
+
+def test_motion_costs_find_the_shift_between_frames():
+    from genie.models.lam import motion_costs
+
+    texture = jax.random.uniform(jax.random.key(0), (1, 1, 16, 16, 3))
+    moved = jnp.roll(texture, 1, axis=3)  # content one pixel to the right
+    costs = np.asarray(motion_costs(jnp.concatenate([texture, moved], 1), 8, 3))
+    assert costs.shape == (1, 2, 4, 9)
+    np.testing.assert_array_equal(costs[:, 0], 0.0)  # the first frame has no predecessor
+    # x_1[y, x] = x_0[y, x - 1]: offset (0, -1), tap 3 of the row-major 3x3, is the cheapest
+    # wherever the roll did not wrap around (the patches away from the left edge).
+    assert (costs[0, 1, [1, 3]].argmin(-1) == 3).all()
+    np.testing.assert_allclose(costs[0, 1].mean(-1), 0.0, atol=1e-5)  # standardised
+    np.testing.assert_allclose(costs[0, 1].std(-1), 1.0, atol=1e-3)
+
+
+def test_motion_inputs_keep_the_encoder_causal():
+    model = make_variant(motion_size=3)
+    frames = make_frames()
+    base = encode(model, frames)
+    for k in range(2, T):
+        changed = encode(model, frames.at[:, k:].set(make_frames(k, (B, T - k, 8, 8, 3))))
+        np.testing.assert_array_equal(changed[:, : k - 1], base[:, : k - 1])
+
+
+def test_relative_reconstruction_is_the_error_in_units_of_repeating_the_last_frame():
+    model = make_variant(reconstruction_loss="relative")
+    frames = make_frames()
+    loss, metrics = lam_loss(model, frames, jax.random.key(0))
+    reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
+    unit = np.asarray(frames, np.float64) / 255.0
+    repeat_error = np.mean((unit[:, 1:] - unit[:, :-1]) ** 2)
+    np.testing.assert_allclose(reconstruction, float(metrics["mse"]) / repeat_error, rtol=1e-4)
