@@ -66,6 +66,10 @@ class TokenizerConfig:
     # so neighbouring patches blend and the P x P block edges can fade. 0: none (Genie). Stem
     # and head act within one frame, so the tokenizer stays causal in time.
     head_channels: int = 0
+    # The pixel MSE's weight against the VQ terms. The MSE of [0, 1] pixels is about 0.01
+    # while the codebook and commitment terms are about 0.1-1, so at weight 1 the commitment
+    # pull, not the reconstruction, steers the encoder early in training.
+    reconstruction_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -36,3 +36,43 @@ def test_demo_trains_a_world_that_beats_chance(tmp_path):
     metrics = [json.loads(line) for line in (run / "tokenizer" / "metrics.jsonl").open()]
     assert math.isfinite(metrics[-1]["psnr"]) and metrics[-1]["psnr"] > 18.0
     assert metrics[-1]["loss"] < metrics[0]["loss"] / 2
+
+
+def test_targets_table_reads_the_test_reports_and_marks_each_target(tmp_path):
+    from genie.demo import targets_table
+
+    (tmp_path / "probe_test").mkdir()
+    (tmp_path / "eval_test").mkdir()
+    probe = {
+        "transitions": 100,
+        "true_actions": {
+            "nmi": 0.25,
+            "horizontal": {"probe_accuracy": 0.50, "chance_accuracy": 0.40},
+        },
+    }
+    inferred, repeat = [20.0, 19.5, 18.0, 17.0], [20.5, 19.0, 19.5, 17.5]
+    report = {
+        "clips": 8,
+        "reconstruction": {"psnr": 24.5},
+        "rollout": {"psnr": {"inferred_actions": inferred, "repeat_last_frame": repeat}},
+        "delta_psnr": {
+            "random_used_codes": {"t4": 0.4},
+            "lam_usage": {"perplexity": 3.2},
+        },
+    }
+    (tmp_path / "probe_test" / "probe.json").write_text(json.dumps(probe))
+    (tmp_path / "eval_test" / "eval.json").write_text(json.dumps(report))
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")[1:]
+        for line in targets_table(str(tmp_path)).splitlines()
+        if line.startswith("| ") and not line.startswith("| metric")
+    }
+    assert rows["LAM: NMI with collapsed true actions"] == ["0.250", "0.2", "yes |"]
+    assert rows["LAM: codebook perplexity"] == ["3.200", "3.0", "yes |"]
+    # 0.50 - 0.40 = 0.10 < 0.15 above chance.
+    assert rows["left/none/right probe accuracy minus chance (held out)"][2] == "**no** |"
+    assert rows["ΔtPSNR@4, random over used codes (dB)"][2] == "**no** |"
+    assert rows["tokenizer reconstruction PSNR (dB)"][2] == "yes |"
+    # Gaps -0.5, +0.5, -1.5, -0.5: t=3 is more than 1 dB below repeating the last frame.
+    gaps = rows["rollout (inferred actions) minus repeat-last-frame, dB by t"]
+    assert gaps[0] == "-0.50, +0.50, -1.50, -0.50" and gaps[2] == "**no** |"

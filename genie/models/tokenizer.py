@@ -117,6 +117,7 @@ class VideoTokenizer(nnx.Module):
         decoder_out = pixel_dim * (CHANNELS + config.head_channels)
         self.encoder = STTransformer(encoder_in, config.code_dim, config.encoder, **kw)
         self.vq = VectorQuantizer.from_config(config, rngs=rngs)
+        self.reconstruction_weight = config.reconstruction_weight
         self.decoder = STTransformer(config.code_dim, decoder_out, config.decoder, **kw)
         # Start near mid-grey instead of unit-scale noise around it.
         shrink_output(self.decoder)
@@ -174,7 +175,7 @@ def tokenizer_loss(
     """Pixel MSE + codebook + commitment loss on a (B, T, H, W, C) uint8 batch (training)."""
     out = model(frames, training=True, key=key)
     mse = jnp.mean((out["reconstruction"] - frames_to_unit(frames)) ** 2)
-    loss = mse + out["codebook_loss"] + out["commitment_loss"]
+    loss = model.reconstruction_weight * mse + out["codebook_loss"] + out["commitment_loss"]
     metrics = {
         "loss": loss,
         "mse": mse,

@@ -171,3 +171,16 @@ def test_input_checks():
         model.tokenize(make_frames(shape=(1, 2, 16, 16, 3)))
     with pytest.raises(ValueError, match="tokens of shape"):
         model.decode(jnp.zeros((1, 2, 5), jnp.int32))
+
+
+def test_reconstruction_weight_scales_only_the_pixel_term():
+    frames = make_frames()
+    terms = {}
+    for weight in (1.0, 10.0):
+        model = make_tokenizer(config=dataclasses.replace(CONFIG, reconstruction_weight=weight))
+        loss, metrics = tokenizer_loss(model, frames, jax.random.key(0))
+        vq = metrics["codebook_loss"] + metrics["commitment_loss"]
+        terms[weight] = (float(loss - vq), float(metrics["mse"]), float(vq))
+    assert terms[1.0][1:] == terms[10.0][1:]  # same model (same seed): same MSE and VQ terms
+    np.testing.assert_allclose(terms[10.0][0], 10.0 * terms[1.0][1], rtol=1e-5)
+    np.testing.assert_allclose(terms[1.0][0], terms[1.0][1], rtol=1e-5)

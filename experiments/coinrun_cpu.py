@@ -1,0 +1,38 @@
+"""The demo's world, trained for about an hour on 2 CPU cores: where fidelity is shown.
+
+    genie demo --config coinrun_cpu        # data, all stages, probe, eval, play; resumable
+
+Same models as `coinrun_tiny` (what `make demo` runs), on a larger dataset (1,000 random-play
+episodes, built by `genie demo` from the `episodes` entry below) with clips of 12 frames, so
+that evaluation can prompt with 4 frames and roll out 8, and with every stage trained longer.
+Each stage checkpoints as it goes, so the recipe can be run in parts: run the same command
+again and finished work is reused.
+"""
+
+import dataclasses
+
+from experiments import coinrun_tiny
+
+
+def get_config():
+    tiny = coinrun_tiny.get_config()
+
+    def longer(train, steps, batch_size=None):
+        every = max(steps // 4, 1)
+        return dataclasses.replace(
+            train,
+            steps=steps,
+            batch_size=batch_size or train.batch_size,
+            image_every=every,
+            checkpoint_every=every,
+        )
+
+    return dataclasses.replace(
+        tiny,
+        name="coinrun_cpu",
+        data=dataclasses.replace(tiny.data, dataset="coinrun_cpu", clip_frames=12),
+        train_tokenizer=longer(tiny.train_tokenizer, 3000),
+        train_lam=longer(tiny.train_lam, 3000),
+        train_dynamics=longer(tiny.train_dynamics, 3000),
+        metadata={"episodes": 1000, "targets": "cpu"},
+    )
