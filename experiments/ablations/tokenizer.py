@@ -140,9 +140,17 @@ def train_timed(config: Config, variant: Variant, run_dir: Path) -> dict:
 
     path = _training_file(run_dir)
     record = json.loads(path.read_text()) if path.is_file() else {"wall": 0.0, "cpu": 0.0}
-    steps = config.train_tokenizer.steps
-    if record.get("steps") == steps:
+    steps, batch = config.train_tokenizer.steps, config.train_tokenizer.batch_size
+    if record.get("steps") == steps and record.get("batch", batch) == batch:
         return record
+    if "steps" in record and (record["steps"] > steps or record.get("batch", batch) != batch):
+        # The base experiment changed since this variant was trained: do not resume it into a
+        # different schedule.
+        raise SystemExit(
+            f"error: {run_dir} was trained for {record['steps']} steps at batch "
+            f"{record.get('batch', '?')}, not {steps} at batch {batch}; pass --tag to train "
+            "these settings in a folder of their own"
+        )
     data_iterator = None
     if not variant.random_window:
         from data_pipelines.loader import make_loader
@@ -163,6 +171,7 @@ def train_timed(config: Config, variant: Variant, run_dir: Path) -> dict:
     result = train(config, "tokenizer", data_iterator=data_iterator, progress=False)
     record["wall"] += time.perf_counter() - wall
     record["cpu"] += time.process_time() - cpu
+    record["batch"] = batch
     if result["history"]:
         record["steps"] = result["history"][-1]["step"]
         record["train_psnr"] = result["history"][-1].get("psnr")
@@ -245,8 +254,34 @@ def write_table() -> None:
     ]
     notes = "".join(f"\n- {r['variant']}: {r['note']}" for r in rows if r.get("note"))
     (RESULTS.with_suffix(".md")).write_text(
-        TABLE_INTRO + header + "\n".join(lines) + "\n" + (f"\nNotes:\n{notes}\n" if notes else "")
+        TABLE_INTRO
+        + header
+        + "\n".join(lines)
+        + "\n"
+        + (f"\nNotes:\n{notes}\n" if notes else "")
+        + "\n![validation PSNR against training CPU seconds](tokenizer.png)\n"
     )
+    plot_psnr_per_second(rows, RESULTS.with_suffix(".png"))
+
+
+def plot_psnr_per_second(rows: list[dict], path: Path) -> None:
+    """Validation PSNR against training CPU seconds, one labelled point per variant."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 5), dpi=100)
+    axes = figure.add_subplot()
+    for row in rows:
+        seconds, psnr = row["train_cpu_seconds"], row["psnr"]
+        axes.scatter(seconds, psnr, color="tab:blue" if not row.get("note") else "tab:gray")
+        axes.annotate(
+            row["variant"], (seconds, psnr), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    axes.set_xlabel("training CPU seconds (2 shared cores)")
+    axes.set_ylabel("validation pooled PSNR (dB)")
+    axes.set_title("Tokenizer reconstruction per CPU second (coinrun_tiny validation)")
+    axes.grid(alpha=0.3)
+    FigureCanvasAgg(figure).print_png(str(path))
 
 
 def main(argv: list[str] | None = None) -> None:
