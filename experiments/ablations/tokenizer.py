@@ -136,6 +136,7 @@ def _training_file(run_dir: Path) -> Path:
 def train_timed(config: Config, variant: Variant, run_dir: Path) -> dict:
     """Trains (or resumes) the tokenizer unless it is finished. Returns {"wall", "cpu"}: seconds
     summed over every session, "steps": the last step trained, "train_psnr": its logged mean."""
+    from genie import checkpoint
     from genie.train import train
 
     path = _training_file(run_dir)
@@ -172,8 +173,10 @@ def train_timed(config: Config, variant: Variant, run_dir: Path) -> dict:
     record["wall"] += time.perf_counter() - wall
     record["cpu"] += time.process_time() - cpu
     record["batch"] = batch
+    # The step saved last: `steps`, or earlier when a signal stopped the run (it resumes there).
+    with checkpoint.checkpoint_manager(result["folder"], read_only=True) as manager:
+        record["steps"] = manager.latest_step()
     if result["history"]:
-        record["steps"] = result["history"][-1]["step"]
         record["train_psnr"] = result["history"][-1].get("psnr")
     path.write_text(json.dumps(record))
     return record
