@@ -155,6 +155,18 @@ VARIANTS: dict[str, list[str]] = {
         "--lam.reconstruction-loss",
         "relative",
     ],
+    "last_kernels_motion_rel_center": [
+        "--lam.decoder-context",
+        "last",
+        "--lam.decoder-output",
+        "kernels",
+        "--lam.motion-size",
+        "5",
+        "--lam.reconstruction-loss",
+        "relative",
+        "--lam.center-weight",
+        "10",
+    ],
     "last_patch": ["--lam.decoder-context", "last", "--lam.action-scale", "patch"],
     "last_changed": ["--lam.decoder-context", "last", "--lam.changed-pixel-weight", "9"],
 }
