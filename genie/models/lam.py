@@ -18,7 +18,17 @@ Design:
   pixels' order of magnitude; with `action_injection="every_block"` also added before every
   block), and frame t's outputs predict the change x_{t+1} - x_t. With `decoder_context="all"`
   the decoder is causal over time, so its prediction of x_{t+1} depends on x_1..x_t and
-  a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own.
+  a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own. With
+  `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
+  patch of x_t (`resample`), so the prediction is x_t moved plus a change.
+- Encoder inputs: the patches of each frame, optionally with their difference from the
+  previous frame (`encoder_differences`) and a local cost volume of small shifts between the
+  two (`motion_size`, `motion_costs`).
+- Loss: pixel MSE (optionally weighted toward changed or central pixels, or divided by the
+  repeat-the-last-frame error: `reconstruction_loss="relative"`) plus the VQ terms.
+
+Which of these options make the latent follow what moves in random-play CoinRun, and why
+Genie's own choices collapse to one code at CPU scale, is measured in docs/ablations/lam.md.
 
 Axes: B batch, T time, H W C pixels, N patches per frame, P patch size, D width, E code_dim.
 """
@@ -162,7 +172,7 @@ class LatentActionModel(nnx.Module):
             **kw,
         )
         # Start close to "repeat the last frame" instead of adding unit-scale noise to it: a
-        # small change and, for kernels, nearly all weight on the centre tap.
+        # small change and, for kernels, most of the weight on the centre tap.
         shrink_output(self.decoder)
         if self.kernel_size:
             bias = self.decoder.output_projection.bias
