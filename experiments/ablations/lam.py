@@ -1,11 +1,11 @@
 """LAM ablations: train the latent action model alone under named variants, measure on validation.
 
-    python -m experiments.ablations.lam --base coinrun_tiny --variants genie,last,last_look4
+    python -m experiments.ablations.lam --base coinrun_tiny --variants genie,last_kernels_motion_rel
     python -m experiments.ablations.lam --list
 
-Each variant is a list of `genie train` overrides on top of `--base`; it trains in
-`runs/ablations/lam/<base>/<variant>` (resumable: a finished variant is only re-measured) and
-is scored on the validation split against the true CoinRun actions, which the LAM never sees:
+Each variant is a set of `genie train` overrides (named options joined by "_") on top of
+`--base`; it trains in `runs/ablations/lam/<base>/<variant>` (resumable: a finished variant is
+only re-measured) and is scored on the validation split against the true CoinRun actions, which the LAM never sees:
 codebook perplexity, NMI with the six collapsed classes, held-out probe accuracy (six classes
 and left/none/right) beside chance, and action gain (validation MSE under uniformly random
 actions minus under the inferred ones: how much the decoder uses the action). One JSON line per
@@ -33,143 +33,36 @@ from genie.models.tokenizer import frames_to_unit
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "ablations" / "lam.jsonl"
 
-VARIANTS: dict[str, list[str]] = {
-    "genie": [],  # Genie's LAM: decoder reads all past frames, action at the input
+# Each option is a named set of `genie train` overrides. A variant joins option names with "_"
+# ("last_kernels_motion_rel"); "genie" is none of them, Genie's own LAM.
+OPTIONS: dict[str, list[str]] = {
     "last": ["--lam.decoder-context", "last"],
-    "every": ["--lam.action-injection", "every_block"],
-    "look4": ["--lam.encoder-lookahead", "4"],
-    "last_every": ["--lam.decoder-context", "last", "--lam.action-injection", "every_block"],
-    "last_look2": ["--lam.decoder-context", "last", "--lam.encoder-lookahead", "2"],
-    "last_look4": ["--lam.decoder-context", "last", "--lam.encoder-lookahead", "4"],
-    "last_every_look4": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.action-injection",
-        "every_block",
-        "--lam.encoder-lookahead",
-        "4",
-    ],
-    "last_center": ["--lam.decoder-context", "last", "--lam.center-weight", "20"],
-    "center": ["--lam.center-weight", "20"],
-    "last_continuous": ["--lam.decoder-context", "last", "--lam.bottleneck", "continuous"],
-    "last_look4_center": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.encoder-lookahead",
-        "4",
-        "--lam.center-weight",
-        "20",
-    ],
-    "last_continuous_diff": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.bottleneck",
-        "continuous",
-        "--lam.encoder-differences",
-    ],
-    "last_diff": ["--lam.decoder-context", "last", "--lam.encoder-differences"],
-    "p8": ["--lam.patch-size", "8"],
-    "last_p8": ["--lam.decoder-context", "last", "--lam.patch-size", "8"],
-    "last_p4": ["--lam.decoder-context", "last", "--lam.patch-size", "4"],
-    "last_continuous_p4": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.patch-size",
-        "4",
-        "--lam.bottleneck",
-        "continuous",
-    ],
     "kernels": ["--lam.decoder-output", "kernels"],
-    "last_kernels": ["--lam.decoder-context", "last", "--lam.decoder-output", "kernels"],
-    "last_kernels_look2": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.encoder-lookahead",
-        "2",
-    ],
-    "last_kernels_diff": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.encoder-differences",
-    ],
-    "last_kernels_continuous_diff": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.bottleneck",
-        "continuous",
-        "--lam.encoder-differences",
-    ],
-    "last_kernels_motion": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.motion-size",
-        "5",
-    ],
-    "last_motion": ["--lam.decoder-context", "last", "--lam.motion-size", "5"],
-    "kernels_motion": ["--lam.decoder-output", "kernels", "--lam.motion-size", "5"],
+    "motion": ["--lam.motion-size", "5"],
     "rel": ["--lam.reconstruction-loss", "relative"],
-    "last_rel": ["--lam.decoder-context", "last", "--lam.reconstruction-loss", "relative"],
-    "last_kernels_rel": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.reconstruction-loss",
-        "relative",
-    ],
-    "last_kernels_motion_rel": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.motion-size",
-        "5",
-        "--lam.reconstruction-loss",
-        "relative",
-    ],
-    "last_kernels_motion_rel_look2": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.motion-size",
-        "5",
-        "--lam.reconstruction-loss",
-        "relative",
-        "--lam.encoder-lookahead",
-        "2",
-    ],
-    "kernels_motion_rel": [
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.motion-size",
-        "5",
-        "--lam.reconstruction-loss",
-        "relative",
-    ],
-    "last_kernels_motion_rel_center": [
-        "--lam.decoder-context",
-        "last",
-        "--lam.decoder-output",
-        "kernels",
-        "--lam.motion-size",
-        "5",
-        "--lam.reconstruction-loss",
-        "relative",
-        "--lam.center-weight",
-        "10",
-    ],
-    "last_patch": ["--lam.decoder-context", "last", "--lam.action-scale", "patch"],
-    "last_changed": ["--lam.decoder-context", "last", "--lam.changed-pixel-weight", "9"],
+    "every": ["--lam.action-injection", "every_block"],
+    "look2": ["--lam.encoder-lookahead", "2"],
+    "look4": ["--lam.encoder-lookahead", "4"],
+    "center": ["--lam.center-weight", "20"],
+    "center10": ["--lam.center-weight", "10"],
+    "continuous": ["--lam.bottleneck", "continuous"],
+    "diff": ["--lam.encoder-differences"],
+    "patch": ["--lam.action-scale", "patch"],
+    "changed": ["--lam.changed-pixel-weight", "9"],
+    "p8": ["--lam.patch-size", "8"],
+    "p4": ["--lam.patch-size", "4"],
 }
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """ "last_kernels" -> the overrides of options "last" then "kernels"; "genie" -> []."""
+    if variant == "genie":
+        return []
+    names = variant.split("_")
+    unknown = [name for name in names if name not in OPTIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown option(s) {unknown} in variant {variant!r}; --list")
+    return [argument for name in names for argument in OPTIONS[name]]
 
 
 def horizontal_classes(procgen_actions: np.ndarray) -> np.ndarray:
@@ -320,23 +213,27 @@ NOTES_HEADING = "## Notes"
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.ablations.lam")
     parser.add_argument("--base", default="coinrun_tiny", help="experiment the variants modify")
-    parser.add_argument("--variants", default="genie", help="comma-separated VARIANTS names")
+    parser.add_argument(
+        "--variants",
+        default="genie",
+        help='comma-separated variants, each OPTIONS names joined by "_" or "genie"',
+    )
     parser.add_argument(
         "--tag", default="", help="names extra overrides (e.g. lr3e-3) in the run folder"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args, extra = parser.parse_known_args(argv)
     if args.list:
-        for name, overrides in VARIANTS.items():
+        print("genie                Genie's LAM (no option)")
+        for name, overrides in OPTIONS.items():
             print(f"{name:20s} {' '.join(overrides)}")
+        print('variants join options with "_", e.g. last_kernels_motion_rel')
         return
     from genie.writer import setup_logging
 
     setup_logging()
     for name in args.variants.split(","):
-        if name not in VARIANTS:
-            raise SystemExit(f"error: unknown variant {name!r}; --list shows them")
-        row = run_variant(args.base, name, VARIANTS[name], extra, args.tag)
+        row = run_variant(args.base, name, variant_overrides(name), extra, args.tag)
         print(json.dumps(row))
 
 
