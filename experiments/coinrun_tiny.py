@@ -72,4 +72,14 @@ def get_config() -> Config:
             image_every=400,
             checkpoint_every=400,
         ),
+        # `genie train lam_dynamics` (co-training, instead of the lam and dynamics stages): the
+        # LAM's schedule, which the dynamics model shares.
+        train_lam_dynamics=TrainConfig(
+            batch_size=8,
+            steps=1500,
+            learning_rate=1e-3,
+            warmup_steps=50,
+            image_every=500,
+            checkpoint_every=500,
+        ),
     )
