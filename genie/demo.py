@@ -99,6 +99,16 @@ TARGETS = {
 }
 
 
+NAMES = {
+    "nmi": "LAM: NMI with collapsed true actions",
+    "perplexity": "LAM: codebook perplexity",
+    "probe_margin": "left/none/right probe accuracy minus chance (held out)",
+    "probe_accuracy": "left/none/right probe accuracy (held out)",
+    "delta_psnr": "ΔtPSNR@4, random over used codes (dB)",
+    "tokenizer_psnr": "tokenizer reconstruction PSNR (dB)",
+}
+
+
 def targets_table(run_dir: str, recipe: str = "demo") -> str:
     """A markdown table of the run's test-split numbers beside the targets of `recipe` ("demo"
     or "cpu"), from `probe_test/probe.json` and `eval_test/eval.json`."""
@@ -151,16 +161,6 @@ def targets_table(run_dir: str, recipe: str = "demo") -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-NAMES = {
-    "nmi": "LAM: NMI with collapsed true actions",
-    "perplexity": "LAM: codebook perplexity",
-    "probe_margin": "left/none/right probe accuracy minus chance (held out)",
-    "probe_accuracy": "left/none/right probe accuracy (held out)",
-    "delta_psnr": "ΔtPSNR@4, random over used codes (dB)",
-    "tokenizer_psnr": "tokenizer reconstruction PSNR (dB)",
-}
 
 
 def write_prompt(config, run_dir: str) -> str:
