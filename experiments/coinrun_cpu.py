@@ -34,5 +34,6 @@ def get_config():
         train_tokenizer=longer(tiny.train_tokenizer, 5000),
         train_lam=longer(tiny.train_lam, 3000),
         train_dynamics=longer(tiny.train_dynamics, 3000),
+        train_lam_dynamics=longer(tiny.train_lam_dynamics, 3000),
         metadata={"episodes": 1000, "targets": "cpu"},
     )

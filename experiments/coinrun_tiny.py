@@ -18,6 +18,14 @@ from genie.config import (
 
 def get_config() -> Config:
     small = TransformerConfig(width=64, depth=2, heads=4, mlp_ratio=4.0)
+    lam_schedule = TrainConfig(
+        batch_size=8,
+        steps=1500,
+        learning_rate=1e-3,
+        warmup_steps=50,
+        image_every=500,
+        checkpoint_every=500,
+    )
     return Config(
         name="coinrun_tiny",
         data=DataConfig(dataset="coinrun_tiny", clip_frames=8, image_size=64),
@@ -56,14 +64,7 @@ def get_config() -> Config:
             image_every=600,
             checkpoint_every=600,
         ),
-        train_lam=TrainConfig(
-            batch_size=8,
-            steps=1500,
-            learning_rate=1e-3,
-            warmup_steps=50,
-            image_every=500,
-            checkpoint_every=500,
-        ),
+        train_lam=lam_schedule,
         train_dynamics=TrainConfig(
             batch_size=8,
             steps=800,
@@ -74,12 +75,5 @@ def get_config() -> Config:
         ),
         # `genie train lam_dynamics` (co-training, instead of the lam and dynamics stages): the
         # LAM's schedule, which the dynamics model shares.
-        train_lam_dynamics=TrainConfig(
-            batch_size=8,
-            steps=1500,
-            learning_rate=1e-3,
-            warmup_steps=50,
-            image_every=500,
-            checkpoint_every=500,
-        ),
+        train_lam_dynamics=lam_schedule,
     )

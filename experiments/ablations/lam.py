@@ -5,11 +5,12 @@
 
 Each variant is a set of `genie train` overrides (named options joined by "_") on top of
 `--base`; it trains in `runs/ablations/lam/<base>/<variant>` (resumable: a finished variant is
-only re-measured) and is scored on the validation split against the true CoinRun actions, which the LAM never sees:
-codebook perplexity, NMI with the six collapsed classes, held-out probe accuracy (six classes
-and left/none/right) beside chance, and action gain (validation MSE under uniformly random
-actions minus under the inferred ones: how much the decoder uses the action). One JSON line per
-measurement goes to `docs/ablations/lam.jsonl`, and `docs/ablations/lam.md` is redrawn from it.
+only re-measured) and is scored on the validation split against the true CoinRun actions,
+which the LAM never sees: codebook perplexity, NMI with the six collapsed classes, held-out
+probe accuracy (six classes and left/none/right) beside chance, and action gain (validation
+MSE under uniformly random actions minus under the inferred ones: how much the decoder uses
+the action). One JSON line per measurement goes to `docs/ablations/lam.jsonl`, and
+`docs/ablations/lam.md` is redrawn from it.
 The test split is never read here: it is for the final report only.
 """
 
@@ -221,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tag", default="", help="names extra overrides (e.g. lr3e-3) in the run folder"
     )
-    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="print the options variants are made of, and exit"
+    )
     args, extra = parser.parse_known_args(argv)
     if args.list:
         print("genie                Genie's LAM (no option)")

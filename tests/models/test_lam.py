@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,7 +201,8 @@ def test_changed_pixel_weight_scales_the_error_only_where_the_frame_changed(weig
 
 
 def make_variant(seed=0, **options):
-    config = LAMConfig(patch_size=4, num_codes=4, code_dim=8, encoder=TINY, decoder=TINY, **options)
+    """The test LAM (CONFIG) with some LAMConfig fields changed."""
+    config = dataclasses.replace(CONFIG, **options)
     return LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(seed))
 
 
@@ -235,15 +238,7 @@ def test_history_free_decoder_reads_only_the_last_frame_and_its_action():
 
 def test_every_block_injection_adds_the_action_before_each_decoder_block():
     two_blocks = TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0)
-    config = LAMConfig(
-        patch_size=4,
-        num_codes=4,
-        code_dim=8,
-        encoder=TINY,
-        decoder=two_blocks,
-        action_injection="every_block",
-    )
-    model = LatentActionModel(config, image_size=8, max_frames=T, rngs=nnx.Rngs(0))
+    model = make_variant(decoder=two_blocks, action_injection="every_block")
     assert len(model.decoder.condition_projections) == 2
     frames = make_frames()
     zeros = jnp.zeros((B, T - 1), jnp.int32)
