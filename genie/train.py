@@ -72,6 +72,9 @@ def make_optimizer(config: Config, stage: Stage) -> optax.GradientTransformation
 def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
     """A pure `(state, frozen_state, frames, step_key) -> (state, metrics)` for jax.jit.
 
+    A step whose loss, gradient norm or updated parameters are not finite returns the state
+    unchanged, with metrics["update_finite"] False (the loop stops on it).
+
     `state` holds the stage's trained models and their optimizers (dicts by model name);
     the loss is differentiated with respect to those models only, never the frozen ones. A
     stage that trains several models also reports each one's gradient norm and codebook resets
@@ -82,13 +85,16 @@ def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
     several = len(spec.trains) > 1
 
     def train_step(state, frozen_state, frames, key):
-        models, optimizers = nnx.merge(graphdef, state)
+        # A copy: merging shares the Variables, and the update below would overwrite `state`,
+        # which is kept if the step turns out non-finite.
+        models, optimizers = nnx.merge(graphdef, state, copy=True)
         frozen = {} if frozen_graphdef is None else nnx.merge(frozen_graphdef, frozen_state)
         loss_key, reset_key = jax.random.split(key)
         (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
             models, frozen, frames, loss_key
         )
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        grad_norm = optax.global_norm(grads)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
         for name, model in models.items():
             optimizers[name].update(model, grads[name])
             prefix = f"{name}/" if several else ""
@@ -98,7 +104,16 @@ def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
                 # One key for every model that revives codes: at most one per stage today,
                 # and different codebooks would draw different noise from it anyway.
                 metrics[f"{prefix}codes_reset"] = model.reset_dead_codes(reset_key)
-        return nnx.state((models, optimizers)), metrics
+        after = nnx.state((models, optimizers))
+        # Gradient clipping passes NaN and inf through, so a finite loss does not make a safe
+        # update: a step whose loss, gradient norm or new parameters are not all finite is not
+        # applied, and the loop stops on its flag before anything is saved.
+        params = nnx.state(models, nnx.Param)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        for leaf in jax.tree.leaves(params):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        kept = jax.lax.cond(finite, lambda: after, lambda: state)
+        return kept, dict(metrics, update_finite=finite)
 
     return train_step
 
@@ -252,15 +267,21 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
     tick, tick_step = time.perf_counter(), start
     last_saved = start
     window, window_steps = None, 0  # metrics summed on the device since the last log line
-    pending = None  # (step, loss) not yet checked: checking one step late keeps the device busy
+    pending = None  # (step, loss, update_finite) unchecked: one step late keeps the device busy
 
-    def check_finite(step: int, loss: jax.Array) -> None:
+    def check_finite(step: int, loss: jax.Array, finite: jax.Array) -> None:
         value = float(loss)
         if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"{stage} loss became {value} at step {step}; stopped without saving. The last "
-                f"good checkpoint (step {last_saved}) is in {folder / 'checkpoints'}"
-            )
+            problem = f"loss became {value}"
+        elif not bool(finite):
+            problem = "gradients or updated parameters became non-finite (loss finite)"
+        else:
+            return
+        raise NonFiniteLossError(
+            f"{stage} {problem} at step {step}; that update was not applied and nothing was "
+            f"saved. The last good checkpoint (step {last_saved}) is in "
+            f"{folder / 'checkpoints'}"
+        )
 
     try:
         with _StopRequest() as stop:
@@ -273,7 +294,7 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                 if pending is not None:
                     check_finite(*pending)
                 done = step + 1
-                pending = (done, step_metrics["loss"])
+                pending = (done, step_metrics["loss"], step_metrics.pop("update_finite"))
                 window = (
                     step_metrics if window is None else jax.tree.map(jnp.add, window, step_metrics)
                 )

@@ -10,6 +10,7 @@ import shutil
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -121,6 +122,83 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert manager.all_steps() == [3]
     model, _ = checkpoint.load_model(tmp_path, "tokenizer")
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model)))
+
+
+@jax.custom_vjp
+def _scale_gradient(x, factor):
+    return x
+
+
+_scale_gradient.defvjp(lambda x, factor: (x, factor), lambda factor, g: (g * factor, None))
+
+
+def test_finite_loss_with_infinite_gradient_is_not_applied_and_stops(tmp_path, monkeypatch):
+    """Gradient clipping passes inf through: the loss alone cannot tell this step is bad."""
+    from genie import stages
+    from genie import train as train_module
+
+    spec = stages.STAGE_SPECS["tokenizer"]
+
+    def poisoned_loss(models, frozen, frames, key, *, config):
+        loss, metrics = spec.loss(models, frozen, frames, key, config=config)
+        # Black batches get an infinite gradient and an unchanged, finite loss.
+        factor = jnp.where(frames.max() == 0, jnp.inf, 1.0)
+        return _scale_gradient(loss, factor), metrics
+
+    monkeypatch.setitem(
+        train_module.STAGE_SPECS, "tokenizer", dataclasses.replace(spec, loss=poisoned_loss)
+    )
+
+    class BlackAfter(InterruptAfter):
+        def __next__(self):
+            self.count -= 1
+            batch = next(self.iterator)
+            return batch * 0 if self.count < 0 else batch
+
+    clips = moving_square_clips(16)
+    with pytest.raises(NonFiniteLossError, match="gradients .* step 5"):
+        train(
+            tiny_config(tmp_path, steps=6),
+            "tokenizer",
+            data_iterator=BlackAfter(synthetic_iterator(clips, 4), 4),
+            progress=False,
+        )
+    assert checkpoint.checkpoint_manager(tmp_path / "tokenizer").all_steps() == [3]
+    model, _ = checkpoint.load_model(tmp_path, "tokenizer")
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(nnx.state(model)))
+
+
+def test_train_step_keeps_the_state_when_the_update_is_not_finite(tmp_path, monkeypatch):
+    from genie import stages
+    from genie import train as train_module
+    from genie.stages import build_model
+
+    config = tiny_config(tmp_path)
+    spec = stages.STAGE_SPECS["tokenizer"]
+
+    def inf_gradient_loss(models, frozen, frames, key, *, config):
+        loss, metrics = spec.loss(models, frozen, frames, key, config=config)
+        return _scale_gradient(loss, jnp.inf), metrics
+
+    model = build_model(config, "tokenizer", nnx.Rngs(0))
+    optimizers = {
+        "tokenizer": nnx.Optimizer(
+            model, train_module.make_optimizer(config, "tokenizer"), wrt=nnx.Param
+        )
+    }
+    graphdef, state = nnx.split(({"tokenizer": model}, optimizers))
+    frames = jnp.asarray(moving_square_clips(4))
+    before = jax.tree.leaves(jax.device_get(state))
+    for loss_fn, finite in [(inf_gradient_loss, False), (spec.loss, True)]:
+        monkeypatch.setitem(
+            train_module.STAGE_SPECS, "tokenizer", dataclasses.replace(spec, loss=loss_fn)
+        )
+        step = jax.jit(train_module.make_train_step(config, "tokenizer", graphdef, None))
+        new_state, metrics = step(state, None, frames, jax.random.key(0))
+        assert bool(metrics["update_finite"]) is finite
+        after = jax.tree.leaves(jax.device_get(new_state))
+        same = all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+        assert same is not finite  # kept whole when not finite, moved when finite
 
 
 def test_dynamics_stage_needs_trained_tokenizer(tmp_path):
