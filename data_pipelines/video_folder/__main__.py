@@ -20,10 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clip-frames", type=int, default=16, help="frames per clip (T)")
     parser.add_argument("--stride", type=int, default=8, help="frames between clip starts")
     parser.add_argument(
-        "--static-threshold",
+        "--static-share",
         type=float,
-        default=1.0,
-        help="drop clips whose mean absolute frame difference (0..255) is below this",
+        default=0.001,
+        help="drop clips where on average fewer than this share of the pixels move per step "
+        "(a pixel moves when a channel changes by more than 12 of 255); 0 keeps every clip",
     )
     parser.add_argument(
         "--scene-cut-threshold",
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             size=size,
             clip_frames=args.clip_frames,
             stride=args.stride,
-            static_threshold=args.static_threshold,
+            static_share=args.static_share,
             scene_cut_threshold=args.scene_cut_threshold,
             image_fps=args.image_fps,
             validation_fraction=args.validation_fraction,

@@ -115,7 +115,7 @@ def build_video_folder(
     size: int | tuple[int, int] = 64,
     clip_frames: int = 16,
     stride: int = 8,
-    static_threshold: float = 1.0,
+    static_share: float = 0.001,
     scene_cut_threshold: float = 40.0,
     image_fps: float | None = None,
     validation_fraction: float = 0.1,
@@ -137,7 +137,7 @@ def build_video_folder(
         return final
     height, width = (size, size) if isinstance(size, int) else size
     settings = ClipSettings(
-        fps, height, width, clip_frames, stride, static_threshold, scene_cut_threshold, image_fps
+        fps, height, width, clip_frames, stride, static_share, scene_cut_threshold, image_fps
     )
     if clip_frames < 2 or stride < 1:
         raise ValueError(f"need clip_frames >= 2 and stride >= 1, got {clip_frames}, {stride}")

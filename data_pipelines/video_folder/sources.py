@@ -3,9 +3,13 @@
 A source is a video file (mp4, webm, mkv, avi, gif, mov) or a folder of numbered images
 (png, jpg), which plays at `image_fps`. Frames are resampled to the target fps (a frame is
 repeated when the source is slower), resized so they cover HxW and center-cropped, then cut
-into clips of T frames every `stride` frames. A clip is dropped as static when its mean
-absolute frame difference is under `static_threshold`, and as a scene cut when any one step's
-mean absolute difference exceeds `scene_cut_threshold` (both on the 0..255 scale).
+into clips of T frames every `stride` frames. A clip is dropped as static when on average
+fewer than `static_share` of its pixels move from one frame to the next (a pixel moves when a
+channel changes by more than MOVING_LEVEL of 255: above compression noise), and as a scene cut
+when any one step's mean absolute difference exceeds `scene_cut_threshold` (0..255 scale).
+Static is a share of moving pixels, not a mean difference, because in many games only a ball
+and a paddle move: in 64x64 Atari Pong or Breakout that is well under 1% of the pixels and a
+mean difference under 1 level, yet every clip is action.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import pathlib
 import re
 
 import numpy as np
+
+# A pixel moves between two frames when one of its channels changes by more than this (0..255).
+MOVING_LEVEL = 12
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -28,7 +35,9 @@ class ClipSettings:
     width: int = 64
     clip_frames: int = 16
     stride: int = 8
-    static_threshold: float = 1.0
+    # A clip whose steps move on average fewer than this share of the pixels is static: 0.001
+    # is 4 pixels of a 64x64 frame, less than a ball and a paddle.
+    static_share: float = 0.001
     scene_cut_threshold: float = 40.0
     image_fps: float | None = None  # a numbered-image folder's frame rate; None: the target fps
 
@@ -147,16 +156,23 @@ def frame_differences(frames: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
 
 
+def moving_shares(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N-1,) share of the pixels that move between consecutive frames (a
+    channel changing by more than MOVING_LEVEL)."""
+    change = np.abs(np.diff(frames.astype(np.int16), axis=0)).max(axis=-1)
+    return (change > MOVING_LEVEL).mean(axis=(1, 2))
+
+
 def select_clips(frames: np.ndarray, settings: ClipSettings) -> tuple[list[int], int, int]:
     """Start frames of the kept clips, and the numbers dropped as static and as scene cuts."""
     t = settings.clip_frames
-    diffs = frame_differences(frames)
+    diffs, shares = frame_differences(frames), moving_shares(frames)
     kept, static, cuts = [], 0, 0
     for start in range(0, len(frames) - t + 1, settings.stride):
         window = diffs[start : start + t - 1]
         if window.max() > settings.scene_cut_threshold:
             cuts += 1
-        elif window.mean() < settings.static_threshold:
+        elif shares[start : start + t - 1].mean() < settings.static_share:
             static += 1
         else:
             kept.append(start)

@@ -5,7 +5,12 @@ import pytest
 
 from data_pipelines import loader
 from data_pipelines.video_folder import build_video_folder
-from data_pipelines.video_folder.sources import ClipSettings, select_clips
+from data_pipelines.video_folder.sources import (
+    ClipSettings,
+    frame_differences,
+    moving_shares,
+    select_clips,
+)
 from tests.data_pipelines.conftest import VIDEO_CLIP_FRAMES, VIDEO_SIZE, moving_square
 
 
@@ -73,6 +78,23 @@ def test_select_clips_thresholds():
     cut = moving.copy()
     cut[6:] = 255 - cut[6:]
     assert select_clips(np.concatenate([moving, static, cut]), settings) == ([0, 4, 16], 2, 1)
+
+
+def test_a_game_where_only_a_ball_and_a_paddle_move_is_not_static():
+    """Atari-like footage: mean frame difference far under 1 level, yet every clip is action."""
+    frames = np.zeros((16, 64, 64, 3), np.uint8)
+    for t in range(16):
+        frames[t, 20 + t : 22 + t, 10 + 2 * t : 12 + 2 * t] = 236  # the ball, 2x2
+        frames[t, 30 + t % 4 : 38 + t % 4, 60:62] = 200  # the paddle, 2x8
+    assert frame_differences(frames).mean() < 1.0  # what the old mean test dropped
+    settings = ClipSettings(clip_frames=8, stride=8)
+    assert select_clips(frames, settings) == ([0, 8], 0, 0)
+    # Compression-like noise of a few levels on a still picture is not motion.
+    noise = np.random.default_rng(0).integers(-4, 5, size=frames.shape)
+    still = np.clip(100 + noise, 0, 255).astype(np.uint8)
+    assert select_clips(still, settings) == ([], 2, 0)
+    # Step 0: the ball leaves 4 pixels and covers 4 new ones, the paddle 2 + 2.
+    np.testing.assert_allclose(moving_shares(frames)[0], (4 + 4 + 2 + 2) / 64**2)
 
 
 def test_empty_folder_is_an_error_naming_it(tmp_path):
