@@ -120,6 +120,12 @@ class LAMConfig:
     # the previous frame and its own (`genie.models.lam.motion_costs`): how well each small
     # shift of x_{t-1} explains x_t there. 0: pixels only (Genie).
     motion_size: int = 0
+    # Also feed the decoder that cost volume between x_{t-1} and x_t (needs motion_size > 0),
+    # so it knows how the screen already moves. In CoinRun an action changes the velocity by
+    # about half a pixel per step and the velocity persists, so a decoder that cannot see it
+    # spends the codes on velocity (mostly vertical: falls and jumps) instead of the change the
+    # action makes; a history-free decoder told the velocity leaves the codes for that change.
+    decoder_motion: bool = False
     # "mse": the reconstruction term is the (weighted) pixel MSE (Genie). "relative": the same
     # divided by the batch's repeat-the-last-frame error, so it is O(1) like the VQ terms
     # instead of O(0.01), and the encoder's latents follow the reconstruction, not only the

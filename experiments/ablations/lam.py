@@ -41,6 +41,7 @@ OPTIONS: dict[str, list[str]] = {
     "kernels": ["--lam.decoder-output", "kernels"],
     "motion": ["--lam.motion-size", "5"],
     "rel": ["--lam.reconstruction-loss", "relative"],
+    "dmotion": ["--lam.decoder-motion"],
     "every": ["--lam.action-injection", "every_block"],
     "look2": ["--lam.encoder-lookahead", "2"],
     "look4": ["--lam.encoder-lookahead", "4"],

@@ -18,7 +18,8 @@ Design:
   pixels' order of magnitude; with `action_injection="every_block"` also added before every
   block), and frame t's outputs predict the change x_{t+1} - x_t. With `decoder_context="all"`
   the decoder is causal over time, so its prediction of x_{t+1} depends on x_1..x_t and
-  a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own. With
+  a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own (plus, with
+  `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far). With
   `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
   patch of x_t (`resample`), so the prediction is x_t moved plus a change.
 - Encoder inputs: the patches of each frame, optionally with their difference from the
@@ -152,6 +153,10 @@ class LatentActionModel(nnx.Module):
         width = config.encoder.width
         self.encoder_differences = config.encoder_differences
         self.motion_size = config.motion_size
+        if config.decoder_motion and not config.motion_size:
+            raise ValueError("decoder_motion reads the motion cost volume: set motion_size > 0")
+        self.decoder_motion = config.decoder_motion
+        decoder_motion_in = config.motion_size**2 if config.decoder_motion else 0
         encoder_in = 2 * patch_dim if config.encoder_differences else patch_dim
         encoder_in += config.motion_size**2
         self.encoder = STTransformer(encoder_in, width, config.encoder, max_frames=max_frames, **kw)
@@ -164,7 +169,7 @@ class LatentActionModel(nnx.Module):
         if config.decoder_output == "kernels" and config.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {config.kernel_size}")
         self.decoder = STTransformer(
-            patch_dim + config.code_dim,
+            patch_dim + decoder_motion_in + config.code_dim,
             patch_dim + self.kernel_size**2,
             config.decoder,
             max_frames=max_frames - 1 if config.decoder_context == "all" else 1,
@@ -210,6 +215,11 @@ class LatentActionModel(nnx.Module):
         """
         context = frames_to_unit(frames[:, :-1])
         patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
+        if self.decoder_motion:
+            # Frame t's costs compare x_{t-1} with x_t (zero for the first frame): the motion
+            # so far, never the motion to come.
+            costs = motion_costs(context * 2.0 - 1.0, self.patch_size, self.motion_size)
+            patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
         # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
         # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so
         # the action is not a faint whisper next to the pixels.

@@ -366,3 +366,25 @@ def test_relative_reconstruction_is_the_error_in_units_of_repeating_the_last_fra
     unit = np.asarray(frames, np.float64) / 255.0
     repeat_error = np.mean((unit[:, 1:] - unit[:, :-1]) ** 2)
     np.testing.assert_allclose(reconstruction, float(metrics["mse"]) / repeat_error, rtol=1e-4)
+
+
+def test_decoder_motion_reads_the_motion_so_far_and_never_the_frame_it_predicts():
+    model = make_variant(decoder_context="last", motion_size=3, decoder_motion=True)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    base = reconstruct(model, frames, actions)
+    # Output t predicts x_{t+1} from x_t, a_t and the motion x_{t-1} -> x_t: a new frame 1
+    # leaves output 0 (x_0 alone) as it was, and reaches output 1 (x_1) and output 2 (the
+    # motion x_1 -> x_2), which a decoder without the motion input would not read.
+    changed = reconstruct(model, frames.at[:, 1].set(255 - frames[:, 1]), actions)
+    np.testing.assert_array_equal(changed[:, 0], base[:, 0])
+    assert np.abs(changed[:, 1] - base[:, 1]).max() > 0
+    assert np.abs(changed[:, 2] - base[:, 2]).max() > 0
+    plain = make_variant(decoder_context="last", motion_size=3)
+    plain_changed = reconstruct(plain, frames.at[:, 1].set(255 - frames[:, 1]), actions)
+    np.testing.assert_array_equal(plain_changed[:, 2], reconstruct(plain, frames, actions)[:, 2])
+    for k in range(1, T):  # output k-1 predicts frame k from frames < k only
+        later = reconstruct(model, frames.at[:, k:].set(255 - frames[:, k:]), actions)
+        np.testing.assert_array_equal(later[:, :k], base[:, :k])
+    with pytest.raises(ValueError, match="motion_size"):
+        make_variant(decoder_motion=True)
