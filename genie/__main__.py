@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from genie import cli
+
 VERBS = {
     "demo": ("genie.demo", "build a small CoinRun dataset and train all three stages on it"),
     "train": ("genie.train", "train one stage: tokenizer, lam or dynamics"),
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"genie: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     module = importlib.import_module(VERBS[verb][0])
-    module.main(rest)
+    cli.run(module.main, rest, prog=f"genie {verb}")
 
 
 if __name__ == "__main__":

@@ -182,4 +182,6 @@ def demo_actions(keymap_path: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from genie import cli
+
+    cli.run(main, None, prog="genie demo")

@@ -661,4 +661,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from genie import cli
+
+    cli.run(main, None, prog="genie eval")

@@ -590,10 +590,12 @@ def main(argv: list[str] | None = None) -> None:
                 server.server_close()
         else:
             run_window(session, controls, scale=args.scale)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as error:
-        print(f"genie play: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    except (TypeError, RuntimeError) as error:  # no display, a window library missing
+        print(f"genie play: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
-    main()
+    from genie import cli
+
+    cli.run(main, None, prog="genie play")

@@ -399,14 +399,11 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     stage, config = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        result = train(config, stage)
-    except NonFiniteLossError as error:
-        raise SystemExit(f"error: {error}") from None
-    except FileNotFoundError as error:
-        raise SystemExit(f"error: {error}") from None
+    result = train(config, stage)
     print(f"{stage} trained: {result['folder']}")
 
 
 if __name__ == "__main__":
-    main()
+    from genie import cli
+
+    cli.run(main, None, prog="genie train")

@@ -1,0 +1,51 @@
+"""Errors a user can cause end in one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from genie.__main__ import main
+
+
+def _one_line_error(capsys, argv, *, code=2) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_run_folder_is_one_line(capsys, tmp_path):
+    err = _one_line_error(capsys, ["eval", str(tmp_path / "nowhere")])
+    assert err.startswith("genie eval: error:") and "nowhere" in err
+    err = _one_line_error(capsys, ["probe", str(tmp_path / "nowhere")])
+    assert err.startswith("genie probe: error:") and "nowhere" in err
+
+
+def test_missing_dataset_is_one_line(capsys, tiny_run, tmp_path):
+    # tiny_run trained on synthetic clips: there is no dataset on disk to evaluate on.
+    err = _one_line_error(capsys, ["eval", str(tiny_run), "--data-dir", str(tmp_path)])
+    assert "dataset 'synthetic' does not exist" in err and "build it" in err
+
+
+def test_later_stage_without_its_tokenizer_is_one_line(capsys, tmp_path):
+    err = _one_line_error(
+        capsys, ["train", "dynamics", "--config", "coinrun_tiny", "--run-dir", str(tmp_path)]
+    )
+    assert "tokenizer" in err
+
+
+def test_python_dash_m_entry_points_report_the_same_way(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "genie.evaluate", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("genie eval: error:")
