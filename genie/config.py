@@ -162,6 +162,11 @@ class TrainConfig:
     grad_clip: float = 1.0
     log_every: int = 10
     image_every: int = 500  # reconstruction / rollout PNGs
+    # Every validate_every steps (0: never) the stage's loss and metrics on the first
+    # validate_clips clips of the validation split (no gradient, one fixed key), logged as
+    # "val/<metric>" beside the training ones: overfitting and divergence show in TensorBoard.
+    validate_every: int = 250
+    validate_clips: int = 32
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
 

@@ -118,6 +118,54 @@ def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
     return train_step
 
 
+def make_validation_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
+    """A pure `(state, frozen_state, frames, key) -> metrics` for jax.jit: the stage's loss and
+    metrics without a gradient; what the loss call changes in the models (VQ usage counters) is
+    dropped with the copy."""
+    loss_fn = functools.partial(STAGE_SPECS[stage].loss, config=config)
+
+    def validation_step(state, frozen_state, frames, key):
+        models, _ = nnx.merge(graphdef, state, copy=True)
+        frozen = {} if frozen_graphdef is None else nnx.merge(frozen_graphdef, frozen_state)
+        loss, metrics = loss_fn(models, frozen, frames, key)
+        return dict(metrics, loss=loss)
+
+    return validation_step
+
+
+def _validation_clips(config: Config, stage: Stage) -> np.ndarray | None:
+    """The first `validate_clips` clips of the run's validation split (whole batches of them),
+    or None, with a warning, when validation is off or the dataset has no such clips."""
+    from data_pipelines.loader import read_clips
+
+    train_config = config.train(stage)
+    if not train_config.validate_every:
+        return None
+    batches = max(train_config.validate_clips // train_config.batch_size, 1)
+    try:
+        clips = read_clips(
+            config.data.dataset,
+            "validation",
+            data_dir=config.data.data_dir,
+            limit=batches * train_config.batch_size,
+            clip_frames=config.data.clip_frames,
+        )["frames"]
+    except ValueError as error:  # no validation split
+        log.warning("no validation loss for %s: %s", stage, error)
+        return None
+    usable = len(clips) // train_config.batch_size * train_config.batch_size
+    if not usable:
+        log.warning(
+            "no validation loss for %s: the validation split has %d clips, fewer than one "
+            "batch of %d",
+            stage,
+            len(clips),
+            train_config.batch_size,
+        )
+        return None
+    return clips[:usable]
+
+
 def _load_frozen(config: Config, stage: Stage):
     """The trained models this stage reads, from the same run folder, and `config` with their
     config sections (the ones they were built from)."""
@@ -203,11 +251,21 @@ def compile_ready_step(config: Config, stage: Stage, models, optimizers, frozen,
     return step_fn, graphdef, state, frozen_state
 
 
-def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = True) -> dict:
+def train(
+    config: Config,
+    stage: Stage,
+    *,
+    data_iterator=None,
+    validation_frames: np.ndarray | None = None,
+    progress: bool = True,
+) -> dict:
     """Trains `stage` to `config.train(stage).steps`, resuming if a checkpoint exists.
 
     `data_iterator` overrides the dataset (tests); it must yield uint8 (B, T, H, W, 3) and
-    support grain checkpointing if resume of the data order matters. Returns the last metrics.
+    support grain checkpointing if resume of the data order matters. `validation_frames`
+    (M, T, H, W, 3) uint8, M a multiple of the batch size, overrides the validation clips
+    (read from the dataset's validation split when the dataset is read). Returns the last
+    metrics, the logged history and the folder.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -247,6 +305,13 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
             worker_count=config.data.worker_count,
         )
         data_iterator = iter(loader)
+        if validation_frames is None:
+            validation_frames = _validation_clips(config, stage)
+    if validation_frames is not None and len(validation_frames) % train_config.batch_size:
+        raise ValueError(
+            f"{len(validation_frames)} validation clips do not make whole batches of "
+            f"{train_config.batch_size}"
+        )
 
     manager = checkpoint.checkpoint_manager(folder, keep=train_config.keep_checkpoints)
     start = checkpoint.restore(manager, models, optimizers, data_iterator) or 0
@@ -258,6 +323,24 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
     frames_sharding = batch_sharding(mesh)
     base_key = jax.random.key(config.seed + 1)
     image_key = jax.random.key(config.seed + 2)  # pictures never perturb the training keys
+    validation_key = jax.random.key(config.seed + 3)  # the same key at every validation
+    validate_every = train_config.validate_every if validation_frames is not None else 0
+    if validate_every:
+        validation_fn = jax.jit(
+            make_validation_step(config, stage, graphdef, nnx.split(frozen)[0] if frozen else None)
+        )
+
+    def validate() -> dict[str, float]:
+        """Means over the validation batches; each process feeds its share of every batch."""
+        batch, share = train_config.batch_size, train_config.batch_size // jax.process_count()
+        totals = None
+        for start in range(0, len(validation_frames), batch):
+            local = validation_frames[start + jax.process_index() * share :][:share]
+            frames = jax.make_array_from_process_local_data(frames_sharding, local)
+            values = validation_fn(state, frozen_state, frames, validation_key)
+            totals = values if totals is None else jax.tree.map(jnp.add, totals, values)
+        count = len(validation_frames) // batch
+        return {f"val/{k}": float(v) / count for k, v in jax.device_get(totals).items()}
 
     writer = MetricWriter(folder, enabled=is_writer)
     metrics, history = {}, []
@@ -306,10 +389,12 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                 drawing = train_config.image_every and (
                     done % train_config.image_every == 0 or last
                 )
-                if done % train_config.log_every == 0 or last or saving or drawing:
+                validating = validate_every and (done % validate_every == 0 or last)
+                logging_now = done % train_config.log_every == 0 or last or validating
+                if logging_now or saving or drawing:
                     check_finite(*pending)
                     pending = None
-                if done % train_config.log_every == 0 or last:
+                if logging_now:
                     now = time.perf_counter()
                     rate = (done - tick_step) * local.shape[0] * local.shape[1] / (now - tick)
                     tick, tick_step = now, done
@@ -318,6 +403,16 @@ def train(config: Config, stage: Stage, *, data_iterator=None, progress: bool = 
                     metrics = {k: float(v) / window_steps for k, v in totals.items()}
                     metrics["frames_per_second"] = rate * jax.process_count()
                     window, window_steps = None, 0
+                    if validating:
+                        metrics.update(validate())
+                        log.info(
+                            "%s step %d: validation loss %.4f (training %.4f)",
+                            stage,
+                            done,
+                            metrics["val/loss"],
+                            metrics["loss"],
+                        )
+                        tick = time.perf_counter()  # the next rate counts training alone
                     writer.scalars(done, metrics)
                     history.append(dict(metrics, step=done))
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", fps=f"{rate:.0f}")

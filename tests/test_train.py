@@ -201,6 +201,50 @@ def test_train_step_keeps_the_state_when_the_update_is_not_finite(tmp_path, monk
         assert same is not finite  # kept whole when not finite, moved when finite
 
 
+def test_validation_loss_is_logged_and_never_changes_training(tmp_path):
+    from genie import stages
+
+    clips, validation = moving_square_clips(16), moving_square_clips(8, seed=1)
+    plain = tiny_config(tmp_path / "plain", steps=4)
+    train(plain, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
+    config = tiny_config(tmp_path / "validated", steps=4)
+    config = dataclasses.replace(
+        config, train_tokenizer=dataclasses.replace(config.train_tokenizer, validate_every=2)
+    )
+    train(
+        config,
+        "tokenizer",
+        data_iterator=synthetic_iterator(clips, 4),
+        validation_frames=validation,
+        progress=False,
+    )
+    records = read_metrics(tmp_path / "validated" / "tokenizer")
+    plain_records = read_metrics(tmp_path / "plain" / "tokenizer")
+    assert [m["loss"] for m in records] == [m["loss"] for m in plain_records]
+    assert [m["step"] for m in records if "val/loss" in m] == [2, 4]
+    # The last validation loss is the stage's loss of the final model on those two batches
+    # under the fixed validation key, computed here by hand.
+    model, _ = checkpoint.load_model(tmp_path / "validated", "tokenizer")
+    key = jax.random.key(config.seed + 3)
+    losses = [
+        float(
+            stages.STAGE_SPECS["tokenizer"].loss(
+                {"tokenizer": model}, {}, batch, key, config=config
+            )[0]
+        )
+        for batch in (jnp.asarray(validation[:4]), jnp.asarray(validation[4:]))
+    ]
+    np.testing.assert_allclose(records[-1]["val/loss"], np.mean(losses), rtol=1e-5)
+    with pytest.raises(ValueError, match="whole batches"):
+        train(
+            config,
+            "tokenizer",
+            data_iterator=synthetic_iterator(clips, 4),
+            validation_frames=validation[:6],
+            progress=False,
+        )
+
+
 def test_dynamics_stage_needs_trained_tokenizer(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         train(
