@@ -152,11 +152,19 @@ def trained_stage(run_dir: str | Path, name: Model) -> Stage:
 
 
 def load_model(
-    run_dir: str | Path, name: Model, *, stage: Stage | None = None, step: int | None = None
+    run_dir: str | Path,
+    name: Model,
+    *,
+    stage: Stage | None = None,
+    step: int | None = None,
+    mesh=None,
+    fsdp: bool = False,
 ):
     """Builds model `name` from the config saved with it and restores its weights.
 
-    The model comes from `stage`'s folder, by default `trained_stage(run_dir, name)`.
+    The model comes from `stage`'s folder, by default `trained_stage(run_dir, name)`. With a
+    `mesh` it is created sharded over it (`genie.sharding.create_sharded`) and restored into
+    those shardings, as multi-host training needs; without, on the default device.
     Returns (model, that stage's config). Raises FileNotFoundError naming what is missing.
     """
     from genie.stages import STAGE_SPECS, build_model  # late: stages imports the models
@@ -174,7 +182,14 @@ def load_model(
     manager = checkpoint_manager(folder, read_only=True)
     if manager.latest_step() is None:
         raise FileNotFoundError(f"{folder / 'checkpoints'} holds no checkpoint of the {name}")
-    model = build_model(config, name, nnx.Rngs(config.seed))
+    if mesh is None:
+        model = build_model(config, name, nnx.Rngs(config.seed))
+    else:
+        from genie.sharding import create_sharded
+
+        model = create_sharded(
+            lambda: build_model(config, name, nnx.Rngs(config.seed)), mesh, fsdp=fsdp
+        )
     restore(manager, {name: model}, step=step, trains=STAGE_SPECS[stage].trains)
     manager.close()
     return model, config

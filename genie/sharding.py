@@ -5,15 +5,23 @@ replicated, or with `fsdp=True` each array of at least `FSDP_MIN_SIZE` elements 
 its largest axis that the device count divides (the rule big_vision calls "fsdp"), so no
 module needs sharding annotations. XLA inserts the all-gathers and reduce-scatters.
 
-Multi-host: `genie train STAGE --distributed` calls `jax.distributed.initialize()` before
-anything else; the loader then reads a disjoint part of the data on each host and
+Models are created sharded (`create_sharded`: initialised under jit with these shardings as
+outputs), so no process ever holds an unsharded copy, and checkpoints restore into those
+sharded arrays.
+
+Multi-host: `genie train STAGE --distributed` calls `initialize_distributed` before anything
+else; the loader then reads a disjoint part of the data on each host and
 `jax.make_array_from_process_local_data` assembles the global batch.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -43,9 +51,73 @@ def parameter_spec(shape: tuple[int, ...], devices: int, fsdp: bool) -> P:
 
 
 def state_shardings(state, mesh: Mesh, *, fsdp: bool):
+    """The sharding of every array of `state` (arrays or jax.ShapeDtypeStructs)."""
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, parameter_spec(np.shape(x), mesh.size, fsdp)), state
+        lambda x: NamedSharding(mesh, parameter_spec(tuple(x.shape), mesh.size, fsdp)), state
     )
+
+
+def create_sharded(make: Callable[[], object], mesh: Mesh, *, fsdp: bool):
+    """Builds the nnx object `make()` returns (a module, an optimizer or a tuple or dict of
+    them) with every array created directly in its sharding: `make` runs under jit with the
+    shardings as outputs, after an abstract pass (nnx.eval_shape) that costs no memory."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    shardings = state_shardings(abstract, mesh, fsdp=fsdp)
+    state = jax.jit(lambda: nnx.split(make())[1], out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def replicated(tree, mesh: Mesh):
+    """Every array of `tree` as a full copy on every device of `mesh` (for pictures: a
+    function of replicated inputs has outputs each process can read whole)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# Environment variables read by `initialize_distributed` when a setting is not given.
+DISTRIBUTED_ENV = {
+    "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
+}
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """`jax.distributed.initialize` with the standard settings from arguments, else from the
+    environment (DISTRIBUTED_ENV), else detected by jax (SLURM, Open MPI, TPU pods). On CPU the
+    processes talk through gloo collectives (one CPU device per process)."""
+    settings = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
+    for name, variable in DISTRIBUTED_ENV.items():
+        if settings[name] is None and os.environ.get(variable):
+            value = os.environ[variable]
+            settings[name] = value if name == "coordinator_address" else int(value)
+    given = {name: value for name, value in settings.items() if value is not None}
+    if given and len(given) < len(settings):
+        missing = sorted(set(settings) - set(given))
+        flags = ", ".join(
+            f"--{name.replace('_', '-')} (or {DISTRIBUTED_ENV[name]})" for name in missing
+        )
+        raise ValueError(f"--distributed outside a detected cluster also needs {flags}")
+    # Only the CPU backend reads this; accelerators keep their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**given)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (a collective: every process must call
+    it at the same point)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def shard_state(state, mesh: Mesh, *, fsdp: bool):

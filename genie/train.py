@@ -42,7 +42,15 @@ from genie.config import (
     save_config,
     to_dict,
 )
-from genie.sharding import batch_sharding, make_mesh, shard_state, state_shardings
+from genie.sharding import (
+    any_process,
+    batch_sharding,
+    create_sharded,
+    initialize_distributed,
+    make_mesh,
+    replicated,
+    state_shardings,
+)
 from genie.stages import STAGE_SPECS, build_model
 from genie.writer import MetricWriter, setup_logging
 
@@ -166,13 +174,14 @@ def _validation_clips(config: Config, stage: Stage) -> np.ndarray | None:
     return clips[:usable]
 
 
-def _load_frozen(config: Config, stage: Stage):
-    """The trained models this stage reads, from the same run folder, and `config` with their
-    config sections (the ones they were built from)."""
+def _load_frozen(config: Config, stage: Stage, mesh=None):
+    """The trained models this stage reads, from the same run folder (restored straight into
+    their shardings on `mesh`), and `config` with their config sections (the ones they were
+    built from)."""
     spec = STAGE_SPECS[stage]
     frozen = {}
     for name in spec.frozen:
-        model, saved = checkpoint.load_model(config.run_path, name)
+        model, saved = checkpoint.load_model(config.run_path, name, mesh=mesh, fsdp=config.fsdp)
         if (saved.data.image_size, saved.data.clip_frames) != (
             config.data.image_size,
             config.data.clip_frames,
@@ -190,15 +199,18 @@ def _load_frozen(config: Config, stage: Stage):
 
 
 def _check_resumable(config: Config, stage: Stage, folder: Path) -> None:
-    """A run folder may only be resumed with the config it was started with (steps aside)."""
+    """A run folder may only be resumed with the config it was started with, except for its
+    number of steps and the schedules of other stages, which this stage never reads."""
     saved_path = folder / "config.json"
     if not saved_path.exists():
         return
     saved = load_config(saved_path)
     train_field = f"train_{stage}"
+    others = {f"train_{other}": saved.train(other) for other in STAGES if other != stage}
     relaxed = dataclasses.replace(
         config,
         **{train_field: dataclasses.replace(config.train(stage), steps=saved.train(stage).steps)},
+        **others,
     )
     if relaxed != saved:
         a, b = to_dict(saved), to_dict(relaxed)
@@ -239,10 +251,8 @@ def compile_ready_step(config: Config, stage: Stage, models, optimizers, frozen,
     """
     graphdef, state = nnx.split((models, optimizers))
     frozen_graphdef, frozen_state = nnx.split(frozen) if frozen else (None, None)
+    # The models were created (and restored) in these shardings: no transfer happens here.
     shardings = state_shardings(state, mesh, fsdp=config.fsdp)
-    state = jax.device_put(state, shardings)
-    if frozen:
-        frozen_state = shard_state(frozen_state, mesh, fsdp=config.fsdp)
     step_fn = jax.jit(
         make_train_step(config, stage, graphdef, frozen_graphdef),
         donate_argnums=0,
@@ -271,26 +281,31 @@ def train(
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     train_config = config.train(stage)
     folder = checkpoint.stage_path(config.run_path, stage)
-    frozen, config = _load_frozen(config, stage)
-    _check_resumable(config, stage, folder)
-    is_writer = jax.process_index() == 0
-    if is_writer:
-        save_config(config, folder / "config.json")
-
     mesh = make_mesh()
     if train_config.batch_size % mesh.size:
         raise ValueError(
             f"batch size {train_config.batch_size} does not split over {mesh.size} devices"
         )
+    frozen, config = _load_frozen(config, stage, mesh)
+    _check_resumable(config, stage, folder)
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        save_config(config, folder / "config.json")
+
     # Every trained model starts as it would in a stage of its own; each gets its own optimizer
     # (and gradient clipping), so with stop-gradient a co-trained LAM takes exactly the updates
-    # the lam stage would give it.
+    # the lam stage would give it. Created sharded: no host ever holds an unsharded copy.
     trains = STAGE_SPECS[stage].trains
-    models = {name: build_model(config, name, nnx.Rngs(params=config.seed)) for name in trains}
-    optimizers = {
-        name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
-        for name, model in models.items()
-    }
+
+    def make_models_and_optimizers():
+        models = {name: build_model(config, name, nnx.Rngs(params=config.seed)) for name in trains}
+        optimizers = {
+            name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+            for name, model in models.items()
+        }
+        return models, optimizers
+
+    models, optimizers = create_sharded(make_models_and_optimizers, mesh, fsdp=config.fsdp)
 
     if data_iterator is None:
         from data_pipelines.loader import make_loader
@@ -383,7 +398,9 @@ def train(
                 )
                 window_steps += 1
                 bar.update(1)
-                stopping = stop.signal is not None
+                # Collective: a signal to any one process stops them all at the same step (a
+                # process saving alone would wait for the others forever).
+                stopping = any_process(stop.signal is not None)
                 last = done == train_config.steps
                 saving = done % train_config.checkpoint_every == 0 or last or stopping
                 drawing = train_config.image_every and (
@@ -425,13 +442,16 @@ def train(
                             100 * usage,
                         )
                 if drawing:
-                    _save_images(writer, stage, graphdef, state, frozen, local, image_key, done)
+                    _save_images(
+                        writer, stage, graphdef, state, frozen, local, image_key, done, mesh
+                    )
                 if saving:
                     models, optimizers = nnx.merge(graphdef, state)
                     checkpoint.save(manager, done, models, optimizers, data_iterator, config)
                     last_saved = done
                 if stopping:
-                    log.warning("%s received: saved step %d in %s", stop.signal, done, folder)
+                    reason = stop.signal or "a stop signal to another process"
+                    log.warning("%s received: saved step %d in %s", reason, done, folder)
                     break
             if pending is not None:
                 check_finite(*pending)
@@ -442,14 +462,23 @@ def train(
     return {"metrics": metrics, "history": history, "folder": folder}
 
 
-def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step):
+def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step, mesh):
     spec = STAGE_SPECS[stage]
     if spec.images is None:
         return
-    # Every process draws (the parameters may be sharded across hosts); only process 0 writes.
-    models, _ = nnx.merge(graphdef, state)
-    models = {**frozen, **models}
-    image = spec.images(models, np.asarray(frames), jax.random.fold_in(image_key, step))
+    # Every process draws the same picture from the same inputs; only process 0 writes. The
+    # clips are process 0's (each host has its own batch) and the models a replicated copy, so
+    # every array the picture functions read or return is whole on every process.
+    frames = np.asarray(frames)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        frames = np.asarray(multihost_utils.broadcast_one_to_all(frames))
+    models, _ = nnx.merge(graphdef, replicated(state, mesh))
+    for name, model in frozen.items():
+        frozen_graphdef, frozen_state = nnx.split(model)
+        models[name] = nnx.merge(frozen_graphdef, replicated(frozen_state, mesh))
+    image = spec.images(models, frames, jax.random.fold_in(image_key, step))
     writer.image(step, stage, image)
 
 
@@ -474,21 +503,50 @@ def parse_args(argv: list[str]) -> tuple[Stage, Config]:
     parser.add_argument(
         "--distributed",
         action="store_true",
-        help="multi-host: call jax.distributed.initialize() first (coordinator and process ids "
-        "come from the cluster environment, e.g. SLURM or TPU metadata)",
+        help="multi-host: start jax.distributed first, with the three settings below, else "
+        "detected from the cluster (SLURM, Open MPI, TPU pods)",
     )
+    parser.add_argument(
+        "--coordinator-address",
+        help="host:port of process 0's coordinator (env JAX_COORDINATOR_ADDRESS)",
+    )
+    parser.add_argument(
+        "--num-processes", type=int, help="processes in the job (env JAX_NUM_PROCESSES)"
+    )
+    parser.add_argument("--process-id", type=int, help="this process, 0..N-1 (env JAX_PROCESS_ID)")
     parser.add_argument("-h", "--help", action="store_true")
     known, rest = parser.parse_known_args(argv)
-    if known.distributed:
-        jax.distributed.initialize()
     if known.stage is None:
         parser.print_help()
         raise SystemExit(0 if known.help else 2)
+    frozen_overrides = [
+        argument
+        for argument in rest
+        for name in STAGE_SPECS[known.stage].frozen
+        if argument.startswith(f"--{name}.")
+    ]
+    if frozen_overrides:
+        frozen = STAGE_SPECS[known.stage].frozen
+        saved = ", ".join(_saved_config_paths(name) for name in frozen)
+        raise ValueError(
+            f"{' '.join(frozen_overrides)}: the {known.stage} stage reads the trained "
+            f"{' and '.join(frozen)} with the config saved beside them ({saved}), so this "
+            "override would be ignored; give it when training that model instead"
+        )
+    if known.distributed:
+        initialize_distributed(known.coordinator_address, known.num_processes, known.process_id)
     default = load_experiment(known.config)
     if known.help:
         rest = [*rest, "--help"]
     config = tyro.cli(Config, default=default, args=rest, prog=f"genie train {known.stage}")
     return known.stage, config
+
+
+def _saved_config_paths(name: str) -> str:
+    """Where a trained model's config lives in a run folder, for messages."""
+    from genie.stages import stages_training
+
+    return " or ".join(f"RUN_DIR/{stage}/config.json" for stage in stages_training(name))
 
 
 def main(argv: list[str] | None = None) -> None:

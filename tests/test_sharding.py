@@ -17,7 +17,7 @@ from genie.sharding import parameter_spec
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 import jax
 from flax import nnx
 import genie.sharding
@@ -28,6 +28,10 @@ from genie.writer import read_metrics
 from tests.conftest import moving_square_clips, synthetic_iterator, tiny_config
 config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp",
                      cotrain_stop_gradient=False)
+# Pictures at the last step, drawn from the sharded models.
+config = dataclasses.replace(config, **{
+    f"train_{s}": dataclasses.replace(config.train(s), image_every=3)
+    for s in ("tokenizer", "lam_dynamics")})
 genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
 shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
                             make_mesh(), fsdp=config.fsdp)
@@ -38,7 +42,9 @@ for stage in ("tokenizer", "lam_dynamics"):
     train(config, stage, data_iterator=synthetic_iterator(moving_square_clips(16), 4),
           progress=False)
     losses[stage] = [m["loss"] for m in read_metrics(config.run_path / stage)]
-print(json.dumps({"devices": jax.device_count(), "sharded": sharded, "losses": losses}))
+images = sorted(p.name for p in config.run_path.glob("*/images/*.png"))
+print(json.dumps({"devices": jax.device_count(), "sharded": sharded, "losses": losses,
+                  "images": images}))
 """
 
 
@@ -83,3 +89,4 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
     assert (four["sharded"] > 0) == (mode == "fsdp")
     for stage in ("tokenizer", "lam_dynamics"):
         np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)
+    assert four["images"] == one["images"] == ["lam_dynamics_0000003.png", "tokenizer_0000003.png"]
