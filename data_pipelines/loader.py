@@ -34,8 +34,17 @@ def _require(name: str, data_dir_path: str | os.PathLike | None) -> pathlib.Path
     return path
 
 
-@functools.lru_cache(maxsize=32)
 def _builder(path: str):
+    """The TFDS builder of the dataset at `path`, cached per build: a dataset rebuilt in place
+    (`--overwrite`) has a new build-info file, so it gets a fresh builder, not the old one's
+    splits and sizes."""
+    build_info = pathlib.Path(path) / storage.BUILD_INFO_FILE
+    stamp = build_info.stat().st_mtime_ns if build_info.exists() else 0
+    return _builder_of_build(path, stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _builder_of_build(path: str, stamp: int):
     import tensorflow_datasets as tfds
 
     return tfds.builder_from_directory(path)

@@ -21,8 +21,6 @@ import shutil
 import time
 from collections.abc import Iterator
 
-import numpy as np
-
 DATA_DIR_ENV = "GENIE_DATA_DIR"
 BUILD_INFO_FILE = "genie_build.json"
 SAMPLE_FILE = "sample.png"
@@ -98,49 +96,6 @@ def read_build_info(path: pathlib.Path) -> dict:
 
 def disk_bytes(path: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def write_sample_png(path: pathlib.Path, rows: int = 4, columns: int = 16) -> pathlib.Path:
-    """A strip of `rows` clips (rows) by their first `columns` frames, as `<path>/sample.png`."""
-    from PIL import Image
-
-    from data_pipelines import loader
-
-    info = loader.dataset_info_at(path)
-    split = "train" if "train" in info["splits"] else next(iter(info["splits"]))
-    frames = loader.read_clips_at(path, split, limit=rows)["frames"][:, :columns]
-    m, t, h, w, _ = frames.shape
-    gap = 2
-    canvas = np.full((m * (h + gap) - gap, t * (w + gap) - gap, 3), 255, np.uint8)
-    for i in range(m):
-        for j in range(t):
-            canvas[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = frames[
-                i, j
-            ]
-    Image.fromarray(canvas).save(path / SAMPLE_FILE)
-    return path / SAMPLE_FILE
-
-
-def summarize(name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """One paragraph a person can read: clips per split, frames, bytes on disk, build time."""
-    from data_pipelines import loader
-
-    path = dataset_path(name, data_dir)
-    info = loader.dataset_info(name, data_dir=data_dir)
-    build = read_build_info(path)
-    t = info["clip_frames"]
-    h, w = info["image_size"]
-    clips = sum(info["splits"].values())
-    per_split = ", ".join(f"{s} {n:,}" for s, n in info["splits"].items())
-    lines = [
-        f"dataset {name!r} at {path}",
-        f"  clips: {per_split} (total {clips:,}) of {t} frames at {h}x{w} = {clips * t:,} frames",
-        f"  on disk: {disk_bytes(path) / 1e6:,.1f} MB; actions stored: {info['has_actions']}",
-    ]
-    if "build_seconds" in build:
-        lines.append(f"  built in {build['build_seconds']:.1f} s on {build.get('built_at', '?')}")
-    lines.append(f"  sample frames: {path / SAMPLE_FILE}")
-    return "\n".join(lines)
 
 
 def now() -> str:

@@ -49,3 +49,16 @@ def test_python_dash_m_entry_points_report_the_same_way(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("genie eval: error:")
+
+
+def test_overrides_of_a_frozen_model_are_refused_naming_its_saved_config(capsys, tmp_path):
+    from genie.train import parse_args
+
+    argv = ["train", "dynamics", "--tokenizer.num-codes", "5", "--run-dir", str(tmp_path)]
+    err = _one_line_error(capsys, argv)
+    assert "--tokenizer.num-codes" in err and "RUN_DIR/tokenizer/config.json" in err
+    # Co-training trains the LAM (its overrides count) and reads the tokenizer (refused).
+    _, config = parse_args(["lam_dynamics", "--lam.num-codes", "8", "--run-dir", str(tmp_path)])
+    assert config.lam.num_codes == 8
+    with pytest.raises(ValueError, match="tokenizer/config.json"):
+        parse_args(["lam_dynamics", "--tokenizer.patch-size=4"])

@@ -11,6 +11,6 @@ def build_coinrun(*args, **kwargs):
 
 
 def summarize(name, data_dir=None):
-    from data_pipelines.storage import summarize
+    from data_pipelines.report import summarize
 
     return summarize(name, data_dir)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from data_pipelines import storage
+from data_pipelines import report, storage
 from data_pipelines.coinrun.episodes import EpisodeSpec, episode_clips
 
 IMAGE_SIZE = 64
@@ -157,7 +157,7 @@ def build_coinrun(
     if storage.is_complete(final) and not overwrite:
         if verbose:
             print(f"dataset {name!r} already exists at {final}; pass --overwrite to rebuild")
-            print(storage.summarize(name, data_dir))
+            print(report.summarize(name, data_dir))
         return final
     if clip_frames < 2:
         raise ValueError(f"clip_frames={clip_frames}: a clip needs at least 2 frames")
@@ -208,7 +208,7 @@ def build_coinrun(
             build_seconds=time.time() - started,
             built_at=storage.now(),
         )
-        storage.write_sample_png(staging)
+        report.write_sample_png(staging)
     if verbose:
-        print(storage.summarize(name, data_dir))
+        print(report.summarize(name, data_dir))
     return final

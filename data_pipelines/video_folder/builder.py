@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from data_pipelines import report as dataset_report
 from data_pipelines import storage
 from data_pipelines.video_folder.sources import (
     ClipSettings,
@@ -133,7 +134,7 @@ def build_video_folder(
     if storage.is_complete(final) and not overwrite:
         if verbose:
             print(f"dataset {name!r} already exists at {final}; pass --overwrite to rebuild")
-            print(storage.summarize(name, data_dir))
+            print(dataset_report.summarize(name, data_dir))
         return final
     height, width = (size, size) if isinstance(size, int) else size
     settings = ClipSettings(
@@ -213,11 +214,11 @@ def build_video_folder(
             build_seconds=time.time() - started,
             built_at=storage.now(),
         )
-        storage.write_sample_png(staging)
+        dataset_report.write_sample_png(staging)
     if verbose:
         print(report)
         print(f"report saved to {final / REPORT_TEXT}")
-        print(storage.summarize(name, data_dir))
+        print(dataset_report.summarize(name, data_dir))
     return final
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from data_pipelines import loader, storage
+from data_pipelines import loader, report, storage
 from data_pipelines.coinrun import episodes
 from data_pipelines.coinrun.builder import build_coinrun, episode_specs, split_of_level
 from tests.data_pipelines.conftest import COINRUN_CLIP_FRAMES
@@ -95,7 +95,7 @@ def test_rebuild_is_a_no_op(coinrun_data, capsys):
 
 def test_summary(coinrun_data):
     name, data_dir = coinrun_data
-    text = storage.summarize(name, data_dir)
+    text = report.summarize(name, data_dir)
     assert "train" in text and "test" in text and "MB" in text
 
 

@@ -111,3 +111,19 @@ def test_folder_of_only_corrupt_video_is_an_error_naming_it(tmp_path):
         build_video_folder(source, "bad", data_dir=tmp_path / "data", workers=1, verbose=False)
     assert str(source) in str(error.value) and "broken.webm" in str(error.value)
     assert not (tmp_path / "data" / "bad").exists()
+
+
+def test_a_dataset_rebuilt_in_process_is_read_afresh(video_source_dir, tmp_path):
+    """The loader caches TFDS builders; an --overwrite rebuild must not be read as the old one."""
+    settings = dict(
+        fps=10, size=VIDEO_SIZE, clip_frames=VIDEO_CLIP_FRAMES, data_dir=tmp_path, workers=1
+    )
+    build_video_folder(video_source_dir, "rebuilt", stride=2, verbose=False, **settings)
+    before = sum(loader.dataset_info("rebuilt", tmp_path)["splits"].values())
+    build_video_folder(
+        video_source_dir, "rebuilt", stride=4, overwrite=True, verbose=False, **settings
+    )
+    after = loader.dataset_info("rebuilt", tmp_path)["splits"]
+    assert 0 < sum(after.values()) < before
+    frames = sum(len(loader.read_clips("rebuilt", s, data_dir=tmp_path)["frames"]) for s in after)
+    assert frames == sum(after.values())
