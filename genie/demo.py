@@ -1,6 +1,6 @@
 """`make demo`: a small CoinRun world, end to end, on a laptop CPU.
 
-1. builds the `coinrun_tiny` dataset (random-policy Procgen CoinRun) and prints its summary;
+1. builds the `coinrun_tiny` dataset (random-policy CoinRun) and prints its summary;
 2. trains the tokenizer, the latent action model and the dynamics model (`coinrun_tiny`);
 3. probes what each latent action does (and writes a key map), evaluates reconstruction,
    rollouts and controllability on the test split, and plays the world headless to a GIF.

@@ -28,22 +28,6 @@ import dm_pix
 import jax.numpy as jnp
 import numpy as np
 
-# Procgen's `get_combos` (procgen/env.py): indices 0..8 are 3*horizontal + vertical with
-# horizontal 0=left 1=none 2=right and vertical 0=down 1=none 2=up; 9..14 are keys CoinRun ignores.
-NUM_PROCGEN_ACTIONS = 15
-COINRUN_ACTION_NAMES: tuple[str, ...] = (
-    "none",
-    "jump",
-    "left",
-    "left+jump",
-    "right",
-    "right+jump",
-)
-
-# The horizontal part of a collapsed class (class = 2 * horizontal + jump): what a
-# left/none/right probe predicts.
-COINRUN_HORIZONTAL_NAMES: tuple[str, ...] = ("none", "left", "right")
-
 _FLOAT_RANGE_TOLERANCE = 1e-3
 
 
@@ -277,31 +261,63 @@ def used_codes(codes, num_codes: int, min_share: float) -> np.ndarray:
 # Action probing
 
 
-def collapse_coinrun_actions(actions) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Procgen action ids 0..14 (any shape) -> (ids 0..5 of the same shape, class names).
+@dataclasses.dataclass(frozen=True)
+class ActionClasses:
+    """How a dataset's true action ids collapse into the classes codes are compared with, as
+    the dataset itself declares them (the "actions" entry of its build info, written by its
+    builder in data_pipelines; genie knows no game's actions).
 
-    Collapses to what CoinRun does with Procgen's 15 button combinations (`get_combos` in
-    procgen/env.py; CoinRun reads the horizontal direction and "up" as jump): {none, left, right} x
-    {no jump, jump}, class = 2 * horizontal + jump with horizontal 0=none 1=left 2=right, named
-    by `COINRUN_ACTION_NAMES`. Down counts as no jump (it only matters on a crate); 9..14 are
-    no-ops ("none").
+    names: the classes; of_action[a]: the class of true action id a; groups: coarser
+    groupings, each (names, group of each class), probed beside the classes; keys: the class
+    each play key ("left", "right", "up", "none") stands for, where the dataset says.
     """
-    actions = np.asarray(actions)
-    _check_labels(actions, "actions", NUM_PROCGEN_ACTIONS)
-    horizontal_of_procgen = np.array([1, 0, 2])  # procgen left/none/right -> ours
-    combo = np.arange(9)
-    table = np.zeros(NUM_PROCGEN_ACTIONS, np.int64)
-    table[:9] = 2 * horizontal_of_procgen[combo // 3] + (combo % 3 == 2)
-    return table[actions], COINRUN_ACTION_NAMES
 
+    names: tuple[str, ...]
+    of_action: np.ndarray
+    groups: dict[str, tuple[tuple[str, ...], np.ndarray]]
+    keys: dict[str, str]
 
-def coinrun_horizontal(classes) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Collapsed CoinRun classes 0..5 (`collapse_coinrun_actions`, any shape) -> (their
-    horizontal direction 0..2 of the same shape, names `COINRUN_HORIZONTAL_NAMES`: none, left,
-    right): jump is dropped."""
-    classes = np.asarray(classes)
-    _check_labels(classes, "classes", len(COINRUN_ACTION_NAMES))
-    return classes // 2, COINRUN_HORIZONTAL_NAMES
+    @classmethod
+    def from_metadata(cls, metadata: dict, source: str = "the dataset") -> ActionClasses:
+        """Reads a build info's "actions" entry; a malformed one is an error naming `source`."""
+        try:
+            names = tuple(metadata["classes"]["names"])
+            of_action = np.asarray(metadata["classes"]["of_action"], np.int64)
+            groups = {
+                name: (tuple(group["names"]), np.asarray(group["of_class"], np.int64))
+                for name, group in metadata.get("groups", {}).items()
+            }
+            keys = dict(metadata.get("keys", {}))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"the action metadata of {source} is malformed: {error!r}") from None
+        problems = []
+        if (
+            of_action.ndim != 1
+            or of_action.min(initial=0) < 0
+            or of_action.max(initial=0) >= len(names)
+        ):
+            problems.append(f"classes.of_action must name classes 0..{len(names) - 1}")
+        for name, (group_names, of_class) in groups.items():
+            if of_class.shape != (len(names),) or of_class.max(initial=0) >= len(group_names):
+                problems.append(
+                    f"group {name!r} must give each of the {len(names)} classes a group"
+                )
+        unknown = sorted(set(keys.values()) - set(names))
+        if unknown:
+            problems.append(f"keys name unknown classes {unknown}")
+        if problems:
+            raise ValueError(f"the action metadata of {source} is malformed: {'; '.join(problems)}")
+        return cls(names, of_action, groups, keys)
+
+    def classify(self, actions) -> np.ndarray:
+        """True action ids (any shape) -> their class ids, same shape."""
+        actions = np.asarray(actions)
+        _check_labels(actions, "true actions", len(self.of_action))
+        return self.of_action[actions]
+
+    def group(self, name: str, classes) -> np.ndarray:
+        """Class ids (any shape) -> their ids in group `name`, same shape."""
+        return self.groups[name][1][np.asarray(classes)]
 
 
 def confusion_matrix(codes, true_actions, num_codes: int, num_actions: int) -> np.ndarray:

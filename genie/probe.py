@@ -12,11 +12,14 @@ Four views, written to `--out` (default `RUN_DIR/probe_<split>/`):
    transitions the LAM assigned it, the mean global shift of the picture (an arrow, with its
    length and the code's share of transitions) and the mean signed frame difference
    x_{t+1} - x_t; below them, the last frames of the code's rollouts from view 1.
-4. Where the dataset stores the true actions (CoinRun), collapsed to CoinRun's six classes
-   (`genie.metrics.collapse_coinrun_actions`): the confusion matrix of codes against true
-   classes (`confusion.png`), their normalised mutual information, and the held-out accuracy of
-   a probe predicting the true class from the code, beside the majority-class chance level;
-   the same probe for the horizontal direction alone (left/none/right), on the same split.
+4. Where the dataset stores true actions and declares what they mean (CoinRun: its builder
+   writes the classes its 15 button combinations collapse to, {none, left, right} x {jump, no
+   jump}, into the dataset's build info; `genie.metrics.ActionClasses`): the confusion matrix
+   of codes against true classes (`confusion.png`), their normalised mutual information, and
+   the held-out accuracy of a probe predicting the true class from the code, beside the
+   majority-class chance level; the same probe for each coarser group the dataset declares
+   (CoinRun: left/none/right), on the same split. A dataset without them (a video folder)
+   gets views 1-3 and a line saying so.
 
 Numbers go to `probe.json` and `probe.md`. The key mapping for `genie play` goes to
 `keymap.json` (or `--keymap-out`): a JSON object from key name to 0-based latent action,
@@ -24,10 +27,10 @@ Numbers go to `probe.json` and `probe.md`. The key mapping for `genie play` goes
     {"left": 2, "right": 4, "up": 1, "none": 0, "down": 0}
 
 as `genie play --keymap` reads it (arrow keys and their WASD twins; "none" binds no key there and
-is kept for readers). "down" gets the "none" code: in CoinRun down does nothing except on a
-crate, and `collapse_coinrun_actions` counts it as no jump. The codes are chosen from the
-confusion matrix where true actions exist (`keymap_from_confusion`), else from the motion each
-code causes in the data (`keymap_from_motion`, a heuristic; see there).
+is kept for readers). "down" gets the "none" code (in CoinRun down does nothing except on a
+crate). The codes are chosen from the confusion matrix where true actions exist and the
+dataset says which class each key stands for (`keymap_from_confusion`), else from the motion
+each code causes in the data (`keymap_from_motion`, a heuristic; see there).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,6 @@ from genie import metrics, plots
 from genie.evaluate import infer_actions_jit, json_safe, map_batches
 
 KEYS = ("left", "right", "up", "none")
-# The collapsed CoinRun class (metrics.COINRUN_ACTION_NAMES) each key stands for.
-KEY_CLASSES = {"left": "left", "right": "right", "up": "jump", "none": "none"}
 KEYMAP_KEYS = (*KEYS, "down")  # what keymap.json holds; "down" copies "none" (module docstring)
 KEYMAP_PRIOR = 1.0  # pseudo-transitions shrinking P(class | code) of rarely used codes
 
@@ -179,22 +180,28 @@ def _probe(codes: np.ndarray, labels: np.ndarray, names, seed: int) -> dict:
     }
 
 
-def probe_true_actions(codes, procgen_actions, num_codes: int, seed: int = 0) -> dict:
-    """Codes against true Procgen actions (0..14, collapsed to CoinRun's six classes) -> the
-    confusion matrix (codes x classes), NMI, held-out probe accuracy and its chance level, and
-    under "horizontal" the probe of the left/none/right direction alone (jump dropped) on the
-    same held-out transitions (same seed, same split)."""
-    classes, names = metrics.collapse_coinrun_actions(procgen_actions)
+def probe_true_actions(
+    codes, true_actions, num_codes: int, action_classes: metrics.ActionClasses, seed: int = 0
+) -> dict:
+    """Codes against true actions, collapsed to the classes the dataset declares
+    (`action_classes`) -> the confusion matrix (codes x classes), NMI, held-out probe accuracy
+    and its chance level, and under each declared group's name (CoinRun: "horizontal",
+    left/none/right with jump dropped) the probe of that group on the same held-out
+    transitions (same seed, same split)."""
+    classes = action_classes.classify(true_actions).reshape(-1)
     codes = np.asarray(codes).reshape(-1)
-    classes = classes.reshape(-1)
+    names = action_classes.names
     confusion = metrics.confusion_matrix(codes, classes, num_codes, len(names))
-    horizontal, horizontal_names = metrics.coinrun_horizontal(classes)
-    return {
+    report = {
         **_probe(codes, classes, names, seed),
         "confusion": confusion.tolist(),
         "nmi": metrics.normalized_mutual_information(codes, classes),
-        "horizontal": _probe(codes, horizontal, horizontal_names, seed),
+        "groups": list(action_classes.groups),
+        "keys": action_classes.keys,
     }
+    for group, (group_names, _) in action_classes.groups.items():
+        report[group] = _probe(codes, action_classes.group(group, classes), group_names, seed)
+    return report
 
 
 def _assign(scores: np.ndarray, used: np.ndarray) -> list[int]:
@@ -218,8 +225,11 @@ def _with_down(keymap: dict[str, int]) -> dict[str, int]:
     return {**keymap, "down": keymap["none"]}
 
 
-def keymap_from_confusion(confusion, class_names=metrics.COINRUN_ACTION_NAMES) -> dict[str, int]:
-    """For each key in KEYS, the latent action most associated with its true class.
+def keymap_from_confusion(
+    confusion, class_names: Sequence[str], key_classes: dict[str, str]
+) -> dict[str, int]:
+    """For each key in KEYS, the latent action most associated with the true class the
+    dataset says it stands for (`key_classes`, e.g. "up" -> "jump").
 
     Score of code k for class c: P(c | k), shrunk towards the overall P(c) by KEYMAP_PRIOR
     pseudo-transitions so a code seen twice cannot win on luck. Keys get distinct codes where
@@ -228,7 +238,7 @@ def keymap_from_confusion(confusion, class_names=metrics.COINRUN_ACTION_NAMES) -
     confusion = np.asarray(confusion, np.float64)
     prior = confusion.sum(0) / max(confusion.sum(), 1.0)
     scores = (confusion + KEYMAP_PRIOR * prior) / (confusion.sum(1, keepdims=True) + KEYMAP_PRIOR)
-    columns = [list(class_names).index(KEY_CLASSES[key]) for key in KEYS]
+    columns = [list(class_names).index(key_classes[key]) for key in KEYS]
     used = confusion.sum(1) > 0
     return _with_down(dict(zip(KEYS, _assign(scores[:, columns], used), strict=True)))
 
@@ -289,18 +299,23 @@ def markdown(report: dict) -> str:
         "whose camera follows the player (CoinRun) the picture moves opposite to the player.",
     ]
     if true:
-        horizontal = true["horizontal"]
         lines += [
             "",
-            "## Codes against true actions (collapsed to CoinRun's six classes)",
+            f"## Codes against true actions (collapsed to the dataset's {len(true['classes'])} "
+            "classes)",
             "",
             f"NMI {true['nmi']:.3f}; probe accuracy {true['probe_accuracy']:.3f} on "
             f"{true['probe_test_transitions']} held-out transitions (chance "
             f"{true['chance_accuracy']:.3f}: always the majority class).",
-            "",
-            f"Left/none/right only (jump dropped): probe accuracy "
-            f"{horizontal['probe_accuracy']:.3f} on the same held-out transitions (chance "
-            f"{horizontal['chance_accuracy']:.3f}).",
+        ]
+        for group in true.get("groups", []):
+            lines += [
+                "",
+                f"{group} ({'/'.join(true[group]['classes'])}) only: probe accuracy "
+                f"{true[group]['probe_accuracy']:.3f} on the same held-out transitions (chance "
+                f"{true[group]['chance_accuracy']:.3f}).",
+            ]
+        lines += [
             "",
             "| code | " + " | ".join(true["classes"]) + " |",
             "|---|" + "---|" * len(true["classes"]),
@@ -308,7 +323,7 @@ def markdown(report: dict) -> str:
         for k, row in enumerate(true["confusion"]):
             lines.append(f"| {k} | " + " | ".join(str(v) for v in row) + " |")
     else:
-        lines += ["", "The dataset stores no true actions: no confusion matrix or probe accuracy."]
+        lines += ["", report.get("true_actions_note") or "No true actions to compare with."]
     keymap = report["keymap"]
     shared = len({keymap[key] for key in KEYS}) < len(KEYS)  # "down" copies "none"
     lines += [
@@ -328,11 +343,13 @@ def analyse_codes(
     frames: np.ndarray,
     codes: np.ndarray,
     num_codes: int,
-    procgen_actions: np.ndarray | None = None,
+    true_actions: np.ndarray | None = None,
+    action_classes: metrics.ActionClasses | None = None,
     seed: int = 0,
 ) -> dict:
-    """Usage, motion and (with true actions) the probe of latent `codes` (M, T-1) inferred
-    from uint8 clips (M, T, H, W, 3) -> the probe.json report, keymap included."""
+    """Usage, motion and (with true actions and the classes the dataset declares for them)
+    the probe of latent `codes` (M, T-1) inferred from uint8 clips (M, T, H, W, 3) -> the
+    probe.json report, keymap included."""
     codes = np.asarray(codes)
     usage = metrics.code_usage(codes, num_codes)
     motion = code_motion(frames, codes, num_codes)
@@ -349,13 +366,17 @@ def analyse_codes(
         "motion": motion,
         "true_actions": None,
     }
-    if procgen_actions is not None:
-        if np.shape(procgen_actions) != codes.shape:
+    if true_actions is not None and action_classes is not None:
+        if np.shape(true_actions) != codes.shape:
             raise ValueError(
-                f"true actions {np.shape(procgen_actions)} and codes {codes.shape} differ in shape"
+                f"true actions {np.shape(true_actions)} and codes {codes.shape} differ in shape"
             )
-        report["true_actions"] = probe_true_actions(codes, procgen_actions, num_codes, seed)
-        report["keymap"] = keymap_from_confusion(report["true_actions"]["confusion"])
+        true = probe_true_actions(codes, true_actions, num_codes, action_classes, seed)
+        report["true_actions"] = true
+    if report["true_actions"] and set(KEYS) <= set(action_classes.keys):
+        report["keymap"] = keymap_from_confusion(
+            true["confusion"], action_classes.names, action_classes.keys
+        )
         report["keymap_source"] = "true actions: the code most associated with each class"
     else:
         report["keymap"] = keymap_from_motion(motion)
@@ -443,12 +464,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, dict]:
-    """Loads the run, reads the split (unless `data` = read_clips-like dict is given), probes
-    and writes -> (report, paths)."""
+    """Loads the run, reads the split (unless `data` = read_clips-like dict is given, with
+    the dataset's "action_metadata" beside its "actions" where they should be compared),
+    probes and writes -> (report, paths)."""
     from genie.checkpoint import load_model
     from genie.world import World
 
     lam, config = load_model(args.run_dir, "lam")
+    given_data = data is not None
     if data is None:
         from data_pipelines.loader import read_clips
 
@@ -473,18 +496,40 @@ def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, di
         )
     )
     true = data.get("actions")
+    metadata = data.get("action_metadata")
+    if metadata is None and true is not None and not given_data:
+        from data_pipelines.loader import dataset_info
+
+        info = dataset_info(config.data.dataset, args.data_dir or config.data.data_dir)
+        metadata = info["build"].get("actions")
+    source = f"dataset {config.data.dataset!r}"
+    action_classes = (
+        None if metadata is None else metrics.ActionClasses.from_metadata(metadata, source)
+    )
     report = analyse_codes(
         frames_for_codes,
         codes,
         lam.num_actions,
         None if true is None else np.asarray(true)[: args.clips],
+        action_classes,
         seed=args.seed,
     )
+    if true is None:
+        note = f"{source} stores no true actions: no confusion matrix or probe accuracy."
+    elif action_classes is None:
+        note = (
+            f'{source} stores true actions but does not declare what they mean (no "actions" '
+            "entry in its genie_build.json, written by its builder): rebuild it with "
+            "--overwrite to compare the codes with them."
+        )
+    else:
+        note = None
     report = {
         "run_dir": str(args.run_dir),
         "dataset": config.data.dataset,
         "split": args.split,
         **report,
+        "true_actions_note": note,
     }
 
     world = World.from_run(args.run_dir, batch_size=args.prompts * lam.num_actions, seed=args.seed)

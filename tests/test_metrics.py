@@ -142,32 +142,37 @@ def test_used_codes_keep_codes_of_at_least_the_share():
     assert metrics.used_codes(np.arange(200), 200, min_share=0.01).tolist() == [0]
 
 
-def test_coinrun_horizontal_drops_jump():
-    horizontal, names = metrics.coinrun_horizontal(np.arange(6).reshape(2, 3))
-    assert names == ("none", "left", "right")
-    # none, jump, left, left+jump, right, right+jump
-    assert horizontal.tolist() == [[0, 0, 1], [1, 2, 2]]
-    with pytest.raises(ValueError):
-        metrics.coinrun_horizontal(np.array([6]))
+def _classes(**changes) -> dict:
+    metadata = {
+        "classes": {"names": ["still", "up", "down"], "of_action": [0, 1, 2, 0]},
+        "groups": {"moving": {"names": ["no", "yes"], "of_class": [0, 1, 1]}},
+        "keys": {"up": "up", "none": "still"},
+    }
+    return {**metadata, **changes}
 
 
-def test_collapse_coinrun_actions_all_fifteen():
-    names = metrics.COINRUN_ACTION_NAMES
-    # procgen get_combos order: (LEFT, DOWN), (LEFT,), (LEFT, UP), (DOWN,), (), (UP,),
-    # (RIGHT, DOWN), (RIGHT,), (RIGHT, UP), then D, A, W, S, Q, E.
-    expected = [
-        "left", "left", "left+jump",
-        "none", "none", "jump",
-        "right", "right", "right+jump",
-        "none", "none", "none", "none", "none", "none",
-    ]  # fmt: skip
-    collapsed, returned_names = metrics.collapse_coinrun_actions(np.arange(15))
-    assert returned_names == names and len(names) == 6
-    assert [names[i] for i in collapsed] == expected
-    grid, _ = metrics.collapse_coinrun_actions(np.array([[4, 5], [8, 0]]))
-    assert grid.shape == (2, 2)
-    with pytest.raises(ValueError):
-        metrics.collapse_coinrun_actions(np.array([15]))
+def test_action_classes_read_from_metadata_classify_and_group():
+    classes = metrics.ActionClasses.from_metadata(_classes())
+    assert classes.names == ("still", "up", "down")
+    assert classes.classify(np.array([[3, 2], [1, 0]])).tolist() == [[0, 2], [1, 0]]
+    assert classes.group("moving", np.array([0, 1, 2])).tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="0..3"):
+        classes.classify(np.array([4]))  # no such true action
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"classes": {"names": ["a"], "of_action": [0, 1]}}, "of_action"),
+        ({"groups": {"g": {"names": ["x"], "of_class": [0, 0]}}}, "group 'g'"),
+        ({"keys": {"up": "jump"}}, "unknown classes"),
+        ({"classes": {"of_action": [0]}}, "malformed"),
+    ],
+)
+def test_malformed_action_metadata_is_an_error_naming_the_dataset(changes, message):
+    with pytest.raises(ValueError, match=message) as error:
+        metrics.ActionClasses.from_metadata(_classes(**changes), source="dataset 'x'")
+    assert "dataset 'x'" in str(error.value)
 
 
 def test_confusion_matrix_counts():

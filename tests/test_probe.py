@@ -8,33 +8,35 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipelines.coinrun.actions import CLASS_NAMES, action_metadata
 from genie import metrics, probe
 
-# A Procgen action (0..14) for each collapsed CoinRun class, in COINRUN_ACTION_NAMES order:
-# none, jump, left, left+jump, right, right+jump (procgen index = 3 * horizontal + vertical).
+# What a CoinRun dataset declares about its actions, as its builder writes it.
+METADATA = action_metadata()
+COINRUN = metrics.ActionClasses.from_metadata(METADATA)
+# A Procgen action (0..14) for each collapsed CoinRun class, in CLASS_NAMES order: none, jump,
+# left, left+jump, right, right+jump (procgen index = 3 * horizontal + vertical).
 PROCGEN_OF_CLASS = np.array([4, 5, 1, 2, 7, 8])
 
 
 def test_procgen_examples_collapse_as_named():
-    classes, names = metrics.collapse_coinrun_actions(PROCGEN_OF_CLASS)
-    assert classes.tolist() == list(range(6)) and names == metrics.COINRUN_ACTION_NAMES
+    assert COINRUN.classify(PROCGEN_OF_CLASS).tolist() == list(range(6))
+    assert COINRUN.names == CLASS_NAMES
 
 
 def test_perfect_codes_score_nmi_and_accuracy_one():
     classes = np.random.default_rng(0).integers(0, 6, (40, 7))
     permutation = np.array([3, 0, 5, 1, 2, 4])  # code of each class
-    table = probe.probe_true_actions(permutation[classes], PROCGEN_OF_CLASS[classes], 6)
+    table = probe.probe_true_actions(permutation[classes], PROCGEN_OF_CLASS[classes], 6, COINRUN)
     assert table["nmi"] == pytest.approx(1.0)
     assert table["probe_accuracy"] == 1.0
     assert table["chance_accuracy"] < 0.5
     confusion = np.array(table["confusion"])
     assert confusion.sum() == classes.size
     assert np.count_nonzero(confusion) == 6  # one cell per code
-    assert table["code_to_class"] == {
-        str(permutation[c]): metrics.COINRUN_ACTION_NAMES[c] for c in range(6)
-    }
+    assert table["code_to_class"] == {str(permutation[c]): CLASS_NAMES[c] for c in range(6)}
 
-    keymap = probe.keymap_from_confusion(confusion)
+    keymap = probe.keymap_from_confusion(confusion, COINRUN.names, COINRUN.keys)
     assert keymap == {"left": 5, "right": 2, "up": 0, "none": 3, "down": 3}
 
 
@@ -45,7 +47,7 @@ def test_keymap_prefers_distinct_reliable_codes():
     confusion[1] = [0, 0, 40, 0, 0, 0]
     confusion[2] = [0, 0, 0, 0, 50, 0]
     confusion[3] = [1, 30, 0, 0, 0, 0]
-    assert probe.keymap_from_confusion(confusion) == {
+    assert probe.keymap_from_confusion(confusion, COINRUN.names, COINRUN.keys) == {
         "left": 1,
         "right": 2,
         "up": 3,
@@ -56,7 +58,7 @@ def test_keymap_prefers_distinct_reliable_codes():
     # A collapsed LAM: every key gets the one code ever inferred, never an unseen one.
     collapsed = np.zeros((4, 6), int)
     collapsed[2] = [9, 1, 3, 1, 2, 0]
-    assert set(probe.keymap_from_confusion(collapsed).values()) == {2}
+    assert set(probe.keymap_from_confusion(collapsed, COINRUN.names, COINRUN.keys).values()) == {2}
 
 
 def moving_clips(directions, frames: int = 4, size: int = 16) -> np.ndarray:
@@ -113,7 +115,7 @@ def test_left_none_right_probe_by_hand():
     # right+jump, none, jump, none, none) with codes (0, 0, 1, 1, 2, 2, 2, 2).
     classes = np.tile([2, 3, 4, 5, 0, 1, 0, 0], 10)
     codes = np.tile([0, 0, 1, 1, 2, 2, 2, 2], 10)
-    table = probe.probe_true_actions(codes, PROCGEN_OF_CLASS[classes], 3, seed=0)
+    table = probe.probe_true_actions(codes, PROCGEN_OF_CLASS[classes], 3, COINRUN, seed=0)
     horizontal = table["horizontal"]
     assert horizontal["classes"] == ["none", "left", "right"]
     assert horizontal["code_to_class"] == {"0": "left", "1": "right", "2": "none"}
@@ -146,7 +148,7 @@ def test_report_files_and_keymap_format(tmp_path):
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (6, 4, 16, 16, 3), dtype=np.uint8)
     classes = rng.integers(0, 6, (6, 3))
-    report = probe.analyse_codes(frames, classes % 4, 4, PROCGEN_OF_CLASS[classes])
+    report = probe.analyse_codes(frames, classes % 4, 4, PROCGEN_OF_CLASS[classes], COINRUN)
     paths = probe.write_report(report, tmp_path / "probe", keymap_path=tmp_path / "keys.json")
 
     keymap = json.loads((tmp_path / "keys.json").read_text())
@@ -158,7 +160,7 @@ def test_report_files_and_keymap_format(tmp_path):
     loaded = json.loads(paths["json"].read_text())
     assert loaded["keymap"] == keymap and len(loaded["true_actions"]["confusion"]) == 4
     text = paths["markdown"].read_text()
-    assert "NMI" in text and "Left/none/right only" in text
+    assert "NMI" in text and "horizontal (none/left/right) only" in text
     horizontal = loaded["true_actions"]["horizontal"]
     assert f"probe accuracy {horizontal['probe_accuracy']:.3f}" in text
     assert f"(chance {horizontal['chance_accuracy']:.3f})" in text
@@ -177,6 +179,8 @@ def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
     clips = moving_square_clips(5, frames=4, size=16)
     actions = np.random.default_rng(0).integers(0, 15, (5, 3)).astype(np.int32)
     monkeypatch.setattr(loader, "read_clips", lambda *a, **k: {"frames": clips, "actions": actions})
+    # The dataset declares its actions as a CoinRun build does.
+    monkeypatch.setattr(loader, "dataset_info", lambda *a, **k: {"build": {"actions": METADATA}})
     out = tmp_path / "probe"
     probe.main([str(tiny_run), "--prompts", "2", "--steps", "5", "--out", str(out)])
     assert "NMI" in capsys.readouterr().out
@@ -190,3 +194,30 @@ def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
         assert (out / name).stat().st_size > 0
     with Image.open(out / "code_motion.png") as figure:
         assert figure.format == "PNG" and figure.size[0] > 300 and figure.size[1] > 300
+
+
+@pytest.mark.parametrize(
+    "stored, note",
+    [
+        ({}, "stores no true actions"),  # a video folder
+        ({"actions": "yes"}, "does not declare what they mean"),  # built before metadata
+    ],
+)
+def test_a_dataset_without_declared_actions_is_probed_without_them(
+    tiny_run, tmp_path, monkeypatch, stored, note
+):
+    from data_pipelines import loader
+    from tests.conftest import moving_square_clips
+
+    clips = moving_square_clips(5, frames=4, size=16)
+    data = {"frames": clips}
+    if stored:
+        data["actions"] = np.random.default_rng(0).integers(0, 15, (5, 3)).astype(np.int32)
+    monkeypatch.setattr(loader, "read_clips", lambda *a, **k: data)
+    monkeypatch.setattr(loader, "dataset_info", lambda *a, **k: {"build": {}})
+    out = tmp_path / "probe"
+    probe.main([str(tiny_run), "--prompts", "2", "--steps", "2", "--out", str(out)])
+    report = json.loads((out / "probe.json").read_text())
+    assert report["true_actions"] is None and note in report["true_actions_note"]
+    assert note in (out / "probe.md").read_text()
+    assert "heuristic" in report["keymap_source"]

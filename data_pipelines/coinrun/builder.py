@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from data_pipelines import report, storage
+from data_pipelines.coinrun.actions import action_metadata
 from data_pipelines.coinrun.episodes import EpisodeSpec, episode_clips
 
 IMAGE_SIZE = 64
@@ -207,6 +208,7 @@ def build_coinrun(
             mean_episode_frames=float(np.mean(lengths)) if lengths else 0.0,
             build_seconds=time.time() - started,
             built_at=storage.now(),
+            actions=action_metadata(),
         )
         report.write_sample_png(staging)
     if verbose:

@@ -47,6 +47,8 @@ OPTIONS: dict[str, list[str]] = {
     "look4": ["--lam.encoder-lookahead", "4"],
     "center": ["--lam.center-weight", "20"],
     "center10": ["--lam.center-weight", "10"],
+    "center40": ["--lam.center-weight", "40"],
+    "csize8": ["--lam.center-size", "8"],
     "continuous": ["--lam.bottleneck", "continuous"],
     "diff": ["--lam.encoder-differences"],
     "patch": ["--lam.action-scale", "patch"],
@@ -66,11 +68,6 @@ def variant_overrides(variant: str) -> list[str]:
         raise SystemExit(f"error: unknown option(s) {unknown} in variant {variant!r}; --list")
     return [argument for name in names for argument in OPTIONS[name]]
 
-
-def horizontal_classes(procgen_actions: np.ndarray) -> np.ndarray:
-    """Procgen ids -> 0 none, 1 left, 2 right (the collapsed class without its jump bit)."""
-    classes, _ = metrics.collapse_coinrun_actions(procgen_actions)
-    return classes // 2
 
 
 def global_shifts(frames: np.ndarray, size: int = 5) -> np.ndarray:
@@ -101,8 +98,16 @@ def _infer(lam, frames, key):
 
 
 def measure(lam, config: Config, split: str = "validation", batch: int = 32) -> dict:
-    from data_pipelines.loader import read_clips
+    from data_pipelines.loader import dataset_info, read_clips
 
+    # The classes and the left/none/right group CoinRun's builder declares for its actions.
+    metadata = dataset_info(config.data.dataset, config.data.data_dir)["build"].get("actions")
+    if metadata is None:
+        raise SystemExit(
+            f"error: dataset {config.data.dataset!r} declares no action classes; rebuild it "
+            "with --overwrite"
+        )
+    action_classes = metrics.ActionClasses.from_metadata(metadata, config.data.dataset)
     data = read_clips(
         config.data.dataset,
         split,
@@ -119,8 +124,8 @@ def measure(lam, config: Config, split: str = "validation", batch: int = 32) -> 
         inferred_mse.append(np.asarray(i))
         random_mse.append(np.asarray(r))
     codes = np.concatenate(codes).reshape(-1)
-    classes, _ = metrics.collapse_coinrun_actions(true_actions.reshape(-1))
-    horizontal = horizontal_classes(true_actions.reshape(-1))
+    classes = action_classes.classify(true_actions.reshape(-1))
+    horizontal = action_classes.group("horizontal", classes)
     usage = metrics.code_usage(codes, lam.num_actions)
     six = metrics.probe_accuracy(codes, classes)
     three = metrics.probe_accuracy(codes, horizontal)

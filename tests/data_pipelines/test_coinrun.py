@@ -170,3 +170,28 @@ def test_parallel_build_matches_serial_build(tmp_path):
     assert serial.keys() == parallel.keys()
     for key in serial:
         np.testing.assert_array_equal(serial[key], parallel[key])
+
+
+def test_coinrun_declares_what_its_actions_mean(coinrun_data):
+    """Procgen's 15 ids collapse as CoinRun reads them ({none, left, right} x {jump, no jump});
+    the builder writes that into the dataset, where genie.probe reads it."""
+    from data_pipelines.coinrun.actions import CLASS_NAMES, action_metadata
+
+    name, data_dir = coinrun_data
+    metadata = loader.dataset_info(name, data_dir)["build"]["actions"]
+    assert metadata == action_metadata()
+    # get_combos order: (LEFT, DOWN), (LEFT,), (LEFT, UP), (DOWN,), (), (UP,), (RIGHT, DOWN),
+    # (RIGHT,), (RIGHT, UP), then D, A, W, S, Q, E (ignored by CoinRun).
+    expected = [
+        "left", "left", "left+jump",
+        "none", "none", "jump",
+        "right", "right", "right+jump",
+        "none", "none", "none", "none", "none", "none",
+    ]  # fmt: skip
+    assert [CLASS_NAMES[c] for c in metadata["classes"]["of_action"]] == expected
+    assert metadata["names"][4] == "none" and metadata["names"][8] == "right+up"
+    horizontal = metadata["groups"]["horizontal"]
+    assert [horizontal["names"][g] for g in horizontal["of_class"]] == [
+        "none", "none", "left", "left", "right", "right"
+    ]  # fmt: skip
+    assert metadata["keys"]["up"] == "jump"
