@@ -118,8 +118,3 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
-
-
-def shard_state(state, mesh: Mesh, *, fsdp: bool):
-    """Places every array of `state` (an nnx.State or any pytree) on the mesh."""
-    return jax.device_put(state, state_shardings(state, mesh, fsdp=fsdp))

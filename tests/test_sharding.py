@@ -90,3 +90,26 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
     for stage in ("tokenizer", "lam_dynamics"):
         np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)
     assert four["images"] == one["images"] == ["lam_dynamics_0000003.png", "tokenizer_0000003.png"]
+
+
+def test_distributed_settings_come_from_flags_then_environment(monkeypatch):
+    import jax
+
+    from genie import sharding
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    for variable in sharding.DISTRIBUTED_ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    sharding.initialize_distributed()  # inside a cluster: jax detects everything
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    sharding.initialize_distributed("host0:1234")  # the flag beside the environment
+    assert calls == [
+        {},
+        {"coordinator_address": "host0:1234", "num_processes": 4, "process_id": 3},
+    ]
+    monkeypatch.delenv("JAX_PROCESS_ID")
+    with pytest.raises(ValueError, match="--process-id"):
+        sharding.initialize_distributed("host0:1234")
