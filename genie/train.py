@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from genie import checkpoint
 from genie.config import (
+    MODELS,
     STAGES,
     Config,
     Stage,
@@ -200,17 +201,26 @@ def _load_frozen(config: Config, stage: Stage, mesh=None):
 
 def _check_resumable(config: Config, stage: Stage, folder: Path) -> None:
     """A run folder may only be resumed with the config it was started with, except for its
-    number of steps and the schedules of other stages, which this stage never reads."""
+    number of steps and what this stage never reads: other stages' schedules and the sections
+    of models it neither trains nor reads (a tokenizer run does not care how the LAM is set)."""
     saved_path = folder / "config.json"
     if not saved_path.exists():
         return
     saved = load_config(saved_path)
     train_field = f"train_{stage}"
-    others = {f"train_{other}": saved.train(other) for other in STAGES if other != stage}
+    spec = STAGE_SPECS[stage]
+    unread = {
+        **{f"train_{other}": saved.train(other) for other in STAGES if other != stage},
+        **{
+            name: getattr(saved, name)
+            for name in MODELS
+            if name not in spec.trains and name not in spec.frozen
+        },
+    }
     relaxed = dataclasses.replace(
         config,
         **{train_field: dataclasses.replace(config.train(stage), steps=saved.train(stage).steps)},
-        **others,
+        **unread,
     )
     if relaxed != saved:
         a, b = to_dict(saved), to_dict(relaxed)

@@ -99,6 +99,21 @@ def test_resume_with_another_config_is_refused(tmp_path):
     changed = tiny_config(tmp_path, steps=2, seed=7)
     with pytest.raises(ValueError, match="different config"):
         train(changed, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
+    changed = tiny_config(tmp_path, steps=2)
+    changed = dataclasses.replace(
+        changed, tokenizer=dataclasses.replace(changed.tokenizer, num_codes=16)
+    )
+    with pytest.raises(ValueError, match=r"\['tokenizer'\]"):
+        train(changed, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
+    # What the tokenizer stage never reads may change: the LAM's section, another schedule.
+    unread = tiny_config(tmp_path, steps=2)
+    unread = dataclasses.replace(
+        unread,
+        lam=dataclasses.replace(unread.lam, num_codes=7),
+        train_dynamics=dataclasses.replace(unread.train_dynamics, learning_rate=0.5),
+    )
+    result = train(unread, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
+    assert [m["step"] for m in result["history"]] == [2]  # resumed at 1
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
