@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from genie.config import STAGES, Config, load_experiment
-from genie.sharding import batch_sharding, make_mesh
+from genie.sharding import batch_sharding, create_sharded, make_mesh
 from genie.stages import STAGE_SPECS, build_model
 from genie.train import compile_ready_step, make_optimizer
 
@@ -41,14 +41,20 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
         )
     batch = config.train(stage).batch_size
     mesh = make_mesh()
-    rngs = nnx.Rngs(params=0)
     spec = STAGE_SPECS[stage]
-    models = {name: build_model(config, name, rngs) for name in spec.trains}
-    optimizers = {
-        name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
-        for name, model in models.items()
-    }
-    frozen = {name: build_model(config, name, rngs) for name in spec.frozen}
+
+    def make():
+        rngs = nnx.Rngs(params=0)
+        models = {name: build_model(config, name, rngs) for name in spec.trains}
+        optimizers = {
+            name: nnx.Optimizer(model, make_optimizer(config, stage), wrt=nnx.Param)
+            for name, model in models.items()
+        }
+        frozen = {name: build_model(config, name, rngs) for name in spec.frozen}
+        return models, optimizers, frozen
+
+    # Created in their shardings, as the training loop does.
+    models, optimizers, frozen = create_sharded(make, mesh, fsdp=config.fsdp)
     step_fn, _, state, frozen_state = compile_ready_step(
         config, stage, models, optimizers, frozen, mesh
     )
