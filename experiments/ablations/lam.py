@@ -69,7 +69,6 @@ def variant_overrides(variant: str) -> list[str]:
     return [argument for name in names for argument in OPTIONS[name]]
 
 
-
 def global_shifts(frames: np.ndarray, size: int = 5) -> np.ndarray:
     """(M, T, H, W, C) uint8 -> (M, T-1) int: for each transition, the index of the offset of
     `shifted_copies` (S x S, row-major) that best explains x_{t+1} from x_t over the whole
