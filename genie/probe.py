@@ -380,7 +380,8 @@ def analyse_codes(
         report["keymap_source"] = "true actions: the code most associated with each class"
     else:
         report["keymap"] = keymap_from_motion(motion)
-        report["keymap_source"] = "no true actions: motion heuristic (keymap_from_motion)"
+        source = "no true actions" if not report["true_actions"] else "no key classes declared"
+        report["keymap_source"] = f"{source}: motion heuristic (keymap_from_motion)"
     return report
 
 
