@@ -285,7 +285,8 @@ def train(
     support grain checkpointing if resume of the data order matters. `validation_frames`
     (M, T, H, W, 3) uint8, M a multiple of the batch size, overrides the validation clips
     (read from the dataset's validation split when the dataset is read). Returns the last
-    metrics, the logged history and the folder.
+    metrics, the logged history, the folder and the layout (shape and sharding of every array
+    of the trained and the frozen state, as the loop placed them).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -469,7 +470,11 @@ def train(
         bar.close()
         writer.close()
         manager.close()
-    return {"metrics": metrics, "history": history, "folder": folder}
+    layout = {  # (shape, sharding) of every array the loop held, for tests and tools
+        "trained": [(x.shape, x.sharding) for x in jax.tree.leaves(state)],
+        "frozen": [(x.shape, x.sharding) for x in jax.tree.leaves(frozen_state or {})],
+    }
+    return {"metrics": metrics, "history": history, "folder": folder, "layout": layout}
 
 
 def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step, mesh):

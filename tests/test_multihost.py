@@ -1,6 +1,6 @@
 """A real two-process job on this machine: jax.distributed on localhost, one CPU device per
 process, gloo collectives. It trains, resumes where an uninterrupted job would be, and stops
-cleanly with a checkpoint when one process alone gets SIGTERM."""
+cleanly with a checkpoint when either process alone gets SIGTERM."""
 
 from __future__ import annotations
 
@@ -71,6 +71,10 @@ def test_two_processes_train_stop_together_and_resume(tmp_path):
     stopped = _job(tmp_path / "halves", 6, sigterm={1: 2})
     assert stopped[0]["saved"] == stopped[1]["saved"] == [2]
     assert sorted(stopped[0]["losses"]) == sorted(stopped[1]["losses"]) == ["1", "2"]
+
+    # The same when process 0 (the one that writes logs and pictures) gets it.
+    stopped = _job(tmp_path / "stopped_0", 6, sigterm={0: 2})
+    assert stopped[0]["saved"] == stopped[1]["saved"] == [2]
 
     # Resumed on both hosts into the sharded model: the rest of the uninterrupted job.
     resumed = _job(tmp_path / "halves", 6)

@@ -21,7 +21,7 @@ import dataclasses, json, sys
 import jax
 from flax import nnx
 import genie.sharding
-from genie.sharding import make_mesh, state_shardings
+from genie.sharding import make_mesh, parameter_spec, state_shardings
 from genie.stages import build_model
 from genie.train import train
 from genie.writer import read_metrics
@@ -36,15 +36,40 @@ genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
 shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
                             make_mesh(), fsdp=config.fsdp)
 sharded = sum(any(axis is not None for axis in s.spec) for s in jax.tree.leaves(shardings))
-losses = {}
+losses, layouts = {}, {}
+
+def layout(result):
+    # Per part of the state the loop held: arrays, how many are split, how many are split as
+    # parameter_spec says for their shape, and how many live on all the mesh's devices.
+    counts = {}
+    for part, arrays in result["layout"].items():
+        specs = [(shape, sharding.spec, len(sharding.device_set)) for shape, sharding in arrays]
+        counts[part] = {
+            "arrays": len(specs),
+            "split": sum(any(a is not None for a in spec) for _, spec, _ in specs),
+            "nonscalar": sum(len(shape) > 0 for shape, _, _ in specs),
+            "as_rule": sum(
+                tuple(spec) == tuple(parameter_spec(shape, jax.device_count(), config.fsdp))
+                for shape, spec, _ in specs if len(shape)),
+            "on_all_devices": sum(n == jax.device_count() for _, _, n in specs),
+        }
+    return counts
+
 # The tokenizer, then the LAM and dynamics model co-trained on it (straight-through path).
 for stage in ("tokenizer", "lam_dynamics"):
-    train(config, stage, data_iterator=synthetic_iterator(moving_square_clips(16), 4),
-          progress=False)
+    result = train(config, stage, data_iterator=synthetic_iterator(moving_square_clips(16), 4),
+                   progress=False)
     losses[stage] = [m["loss"] for m in read_metrics(config.run_path / stage)]
+    layouts[stage] = layout(result)
+# Resumed: restored straight into the same shardings.
+longer = dataclasses.replace(config, train_tokenizer=dataclasses.replace(
+    config.train_tokenizer, steps=4))
+layouts["tokenizer_resumed"] = layout(train(
+    longer, "tokenizer", data_iterator=synthetic_iterator(moving_square_clips(16), 4),
+    progress=False))
 images = sorted(p.name for p in config.run_path.glob("*/images/*.png"))
 print(json.dumps({"devices": jax.device_count(), "sharded": sharded, "losses": losses,
-                  "images": images}))
+                  "images": images, "layouts": layouts}))
 """
 
 
@@ -89,7 +114,23 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
     assert (four["sharded"] > 0) == (mode == "fsdp")
     for stage in ("tokenizer", "lam_dynamics"):
         np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)
-    assert four["images"] == one["images"] == ["lam_dynamics_0000003.png", "tokenizer_0000003.png"]
+    assert four["images"] == one["images"]
+    assert four["images"] == [  # the resumed tokenizer draws at its new last step, 4
+        "lam_dynamics_0000003.png",
+        "tokenizer_0000003.png",
+        "tokenizer_0000004.png",
+    ]
+    # The shardings the loop itself placed every array in, fresh and after a resume: every
+    # array on all four devices, every parameter and optimizer moment split exactly as the
+    # rule says, and with --fsdp many of them split (none without).
+    for name, parts in four["layouts"].items():
+        for part, counts in parts.items():
+            if not counts["arrays"]:
+                continue
+            assert counts["on_all_devices"] == counts["arrays"], (name, part)
+            assert counts["as_rule"] == counts["nonscalar"], (name, part, counts)
+            assert (counts["split"] > 0) == (mode == "fsdp"), (name, part, counts)
+    assert four["layouts"]["lam_dynamics"]["frozen"]["arrays"] > 0  # the frozen tokenizer
 
 
 def test_distributed_settings_come_from_flags_then_environment(monkeypatch):
