@@ -17,7 +17,7 @@ plus its name in `genie.config.STAGES` and a `train_<stage>` field in `Config`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,10 @@ class Stage:
     loss: Callable
     # Trained models this stage reads from the same run folder and never changes.
     frozen: tuple[Model, ...] = ()
+    # Parts (attribute names) of frozen models this stage never reads, dropped once loaded so
+    # they do not sit in memory for the whole run: the dynamics stage only infers actions with
+    # the LAM, so its decoder goes.
+    unread: dict[Model, tuple[str, ...]] = field(default_factory=dict)
     # (every model of the stage by name, uint8 frames, key) -> uint8 image (H, W, 3)
     images: Callable | None = None
 
@@ -276,6 +280,7 @@ STAGE_SPECS: dict[str, Stage] = {
         "dynamics",
         trains=("dynamics",),
         frozen=("tokenizer", "lam"),
+        unread={"lam": ("decoder",)},
         loss=_dynamics_loss,
         images=dynamics_images,
     ),

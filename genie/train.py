@@ -195,6 +195,8 @@ def _load_frozen(config: Config, stage: Stage, mesh=None):
         # Config sections are named like the models they size.
         if getattr(saved, name) != getattr(config, name):
             config = dataclasses.replace(config, **{name: getattr(saved, name)})
+        for part in spec.unread.get(name, ()):
+            delattr(model, part)
         frozen[name] = model
     return frozen, config
 

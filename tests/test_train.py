@@ -358,3 +358,21 @@ def test_missing_model_names_every_stage_that_trains_it(tmp_path, tokenizer_run)
         checkpoint.load_model(tokenizer_run, "dynamics")
     with pytest.raises(ValueError, match="does not train a tokenizer"):
         checkpoint.load_model(tokenizer_run, "tokenizer", stage="lam_dynamics")
+
+
+def test_the_dynamics_stage_holds_no_lam_decoder(tiny_run):
+    """Frozen parts a stage never reads are dropped once loaded (Stage.unread)."""
+    from flax import nnx
+
+    from genie.stages import build_model
+
+    config = load_config(tiny_run / "dynamics" / "config.json")
+    # Trained already: the loop resumes at its last step, runs nothing and reports its layout.
+    iterator = synthetic_iterator(moving_square_clips(16), config.train_dynamics.batch_size)
+    result = train(config, "dynamics", data_iterator=iterator, progress=False)
+    assert result["history"] == []
+    arrays = lambda module: len(jax.tree.leaves(nnx.state(module)))  # noqa: E731
+    tokenizer, lam = (build_model(config, name, nnx.Rngs(0)) for name in ("tokenizer", "lam"))
+    decoder = arrays(lam.decoder)
+    assert decoder > 0
+    assert len(result["layout"]["frozen"]) == arrays(tokenizer) + arrays(lam) - decoder
