@@ -62,3 +62,17 @@ def test_overrides_of_a_frozen_model_are_refused_naming_its_saved_config(capsys,
     assert config.lam.num_codes == 8
     with pytest.raises(ValueError, match="tokenizer/config.json"):
         parse_args(["lam_dynamics", "--tokenizer.patch-size=4"])
+
+
+@pytest.mark.parametrize("module", ["data_pipelines.coinrun", "data_pipelines.video_folder"])
+def test_dataset_builders_report_a_bad_name_in_one_line(module, tmp_path):
+    args = ["--name", "bad/name", "--data-dir", str(tmp_path)]
+    if module.endswith("video_folder"):
+        args = [str(tmp_path), *args]
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: dataset name 'bad/name' must be a plain folder name, e.g. 'coinrun_tiny'"
+    ]

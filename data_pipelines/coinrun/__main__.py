@@ -33,18 +33,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
     args = parser.parse_args(argv)
-    build_coinrun(
-        args.name,
-        args.episodes,
-        clip_frames=args.clip_frames,
-        seed=args.seed,
-        levels=args.levels,
-        data_dir=args.data_dir,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        max_hold=args.max_hold,
-        distribution_mode=args.distribution_mode,
-    )
+    try:
+        build_coinrun(
+            args.name,
+            args.episodes,
+            clip_frames=args.clip_frames,
+            seed=args.seed,
+            levels=args.levels,
+            data_dir=args.data_dir,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            max_hold=args.max_hold,
+            distribution_mode=args.distribution_mode,
+        )
+    except (ValueError, FileNotFoundError, NotADirectoryError) as error:  # one line, no traceback
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":
