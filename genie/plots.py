@@ -1,5 +1,6 @@
-"""Pictures people look at: PNGs, GIFs, frame grids and simple charts drawn with Pillow, and
-the per-code motion figure drawn with matplotlib (Agg canvas, no pyplot state).
+"""Pictures people look at: PNGs, GIFs, frame grids and captions drawn with Pillow; charts
+(lines, heatmaps, bars, the per-code motion figure) drawn with matplotlib (Agg canvas, no
+pyplot state).
 
 Images are ``(H, W, 3)`` uint8 arrays (float images in [0, 1] are accepted and rounded to
 uint8). Every chart function draws the chart, saves it when given a path, and returns the image
@@ -31,8 +32,6 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
-_GRID = (225, 225, 225)
-_AXIS = (60, 60, 60)
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -220,52 +219,32 @@ def label_image(
 
 
 # --------------------------------------------------------------------------------------------
-# Charts
+# Charts: matplotlib's object API on an Agg canvas, so no global backend or pyplot state is
+# touched and nothing needs a display.
 
 
-def _nice_step(span: float, target_ticks: int) -> float:
-    raw = span / max(target_ticks, 1)
-    magnitude = 10.0 ** math.floor(math.log10(raw))
-    for multiple in (1.0, 2.0, 5.0, 10.0):
-        if raw <= multiple * magnitude:
-            return multiple * magnitude
-    return 10.0 * magnitude
+def _figure(width: int, height: int):
+    """A matplotlib Figure of exactly width x height pixels (100 dpi)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width / 100, height / 100), dpi=100)
 
 
-def _nice_ticks(low: float, high: float, target_ticks: int = 6, integer: bool = False):
-    """Round-number ticks covering [low, high] -> (axis_low, axis_high, ticks)."""
-    if high <= low:
-        pad = abs(low) * 0.1 or 1.0
-        low, high = low - pad, high + pad
-    step = _nice_step(high - low, target_ticks)
-    if integer:
-        step = max(1.0, round(step))
-    axis_low, axis_high = math.floor(low / step) * step, math.ceil(high / step) * step
-    count = round((axis_high - axis_low) / step)
-    return axis_low, axis_high, [axis_low + i * step for i in range(count + 1)]
+def _render(figure, path: str | os.PathLike | None) -> np.ndarray:
+    """Draws `figure`, saves it as PNG at `path` unless None, returns (H, W, 3) uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-
-def _tick_label(value: float, ticks: Sequence[float]) -> str:
-    """Fewest decimals that write every tick of this step exactly (0.2 -> "0.2", 5 -> "5")."""
-    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 1.0
-    decimals = next(
-        (d for d in range(7) if math.isclose(step * 10**d, round(step * 10**d), rel_tol=1e-6)), 6
-    )
-    return f"{value:.{decimals}f}"
-
-
-def _vertical_text(text: str, font: Font, fill=_BLACK) -> Image.Image:
-    width, height = _text_size(text, font)
-    canvas = Image.new("RGBA", (width + 4, height + 6), (255, 255, 255, 0))
-    ImageDraw.Draw(canvas).text((2, 0), text, font=font, fill=fill)
-    return canvas.rotate(90, expand=True)
-
-
-def _finish(canvas: Image.Image, path: str | os.PathLike | None) -> np.ndarray:
-    image = np.asarray(canvas.convert("RGB"))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    picture = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     if path is not None:
-        save_png(path, image)
-    return image
+        save_png(path, picture)
+    return picture
+
+
+def _color(index: int) -> str:
+    red, green, blue = PALETTE[index % len(PALETTE)]
+    return f"#{red:02x}{green:02x}{blue:02x}"
 
 
 def line_plot(
@@ -276,12 +255,15 @@ def line_plot(
     ylabel: str,
     size: tuple[int, int] = (720, 450),
 ) -> np.ndarray:
-    """Line chart of ``{name: (x, y)}`` series with axes, numbered ticks, grid and a legend,
+    """Line chart of ``{name: (x, y)}`` series with markers, grid and a legend to the right,
     e.g. PSNR vs horizon for the model and the repeat-last-frame baseline.
 
-    Non-finite points (an infinite PSNR) are left out and break the line there. Saved as PNG at
-    ``path`` unless it is None; returns the (H, W, 3) uint8 image.
+    Non-finite points (an infinite PSNR) are left out and break the line there. Integer x
+    values (horizons) get integer ticks. Saved as PNG at ``path`` unless it is None; returns
+    the (H, W, 3) uint8 image of ``size`` pixels.
     """
+    from matplotlib.ticker import MaxNLocator
+
     if not series:
         raise ValueError("line_plot needs at least one series")
     cleaned = {}
@@ -289,79 +271,22 @@ def line_plot(
         x, y = np.asarray(x, np.float64).reshape(-1), np.asarray(y, np.float64).reshape(-1)
         if x.shape != y.shape:
             raise ValueError(f"series {name!r} has {x.size} x values but {y.size} y values")
-        cleaned[name] = (x, y)
-    xs = np.concatenate([x[np.isfinite(x) & np.isfinite(y)] for x, y in cleaned.values()])
-    ys = np.concatenate([y[np.isfinite(x) & np.isfinite(y)] for x, y in cleaned.values()])
-    if xs.size == 0:
-        xs, ys = np.zeros(1), np.zeros(1)
-
-    width, height = size
-    title_font, label_font, tick_font = _font(18), _font(14), _font(12)
-    integer_x = bool(np.all(xs == np.round(xs)))
-    x_low, x_high, x_ticks = _nice_ticks(xs.min(), xs.max(), 8, integer=integer_x)
-    if integer_x:  # integer steps (horizons) start and end on the data, not on a padded tick
-        x_low, x_high = xs.min(), max(xs.max(), xs.min() + 1)
-        x_ticks = [t for t in x_ticks if x_low <= t <= x_high]
-    y_low, y_high, y_ticks = _nice_ticks(ys.min(), ys.max(), 6)
-    y_tick_labels = [_tick_label(t, y_ticks) for t in y_ticks]
-
-    legend_width = max(_text_size(name, label_font)[0] for name in cleaned) + 40
-    left = 30 + max(_text_size(t, tick_font)[0] for t in y_tick_labels) + 12
-    right = width - legend_width - 20
-    top, bottom = 50, height - 60
-    if right - left < 100:
-        raise ValueError(f"size {size} is too small for the legend; widen the plot")
-
-    inset = 8  # keep markers on the axis limits clear of the frame
-
-    def to_pixel(x: float, y: float) -> tuple[float, float]:
-        px = left + inset + (x - x_low) / (x_high - x_low) * (right - left - 2 * inset)
-        py = bottom - inset - (y - y_low) / (y_high - y_low) * (bottom - top - 2 * inset)
-        return px, py
-
-    canvas = Image.new("RGB", size, _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    _draw_text(draw, ((left + right) / 2, 14), title, title_font, anchor="ma")
-    for tick, text in zip(y_ticks, y_tick_labels, strict=True):
-        _, py = to_pixel(x_low, tick)
-        draw.line([(left, py), (right, py)], fill=_GRID)
-        draw.line([(left - 5, py), (left, py)], fill=_AXIS)
-        _draw_text(draw, (left - 8, py), text, tick_font, anchor="rm")
-    for tick in x_ticks:
-        px, _ = to_pixel(tick, y_low)
-        draw.line([(px, top), (px, bottom)], fill=_GRID)
-        draw.line([(px, bottom), (px, bottom + 5)], fill=_AXIS)
-        _draw_text(draw, (px, bottom + 8), _tick_label(tick, x_ticks), tick_font, anchor="ma")
-    draw.rectangle([left, top, right, bottom], outline=_AXIS)
-    _draw_text(draw, ((left + right) / 2, height - 24), xlabel, label_font, anchor="ma")
-    ylabel_image = _vertical_text(ylabel, label_font)
-    canvas.paste(ylabel_image, (6, int((top + bottom - ylabel_image.height) / 2)), ylabel_image)
-
-    for index, (name, (x, y)) in enumerate(cleaned.items()):
-        color = PALETTE[index % len(PALETTE)]
         finite = np.isfinite(x) & np.isfinite(y)
-        segment: list[tuple[float, float]] = []
-        for xi, yi, ok in zip(x, y, finite, strict=True):
-            if ok:
-                segment.append(to_pixel(xi, yi))
-                continue
-            if len(segment) > 1:
-                draw.line(segment, fill=color, width=2, joint="curve")
-            segment = []
-        if len(segment) > 1:
-            draw.line(segment, fill=color, width=2, joint="curve")
-        for px, py in (to_pixel(xi, yi) for xi, yi in zip(x[finite], y[finite], strict=True)):
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-        legend_y = top + 8 + index * 22
-        draw.line([(right + 14, legend_y + 7), (right + 34, legend_y + 7)], fill=color, width=3)
-        _draw_text(draw, (right + 40, legend_y + 7), name, label_font, anchor="lm")
-    return _finish(canvas, path)
-
-
-def _cell_text(value: float, integral: bool) -> str:
-    if integral:
-        return f"{int(value)}"
-    return f"{value:.2f}"
+        cleaned[name] = (np.where(finite, x, np.nan), np.where(finite, y, np.nan))
+    width, height = size
+    figure = _figure(width, height)
+    axes = figure.add_axes((0.1, 0.14, 0.62, 0.76))
+    for index, (name, (x, y)) in enumerate(cleaned.items()):
+        axes.plot(x, y, "-o", color=_color(index), lw=2, ms=5, label=name)
+    xs = np.concatenate([x[np.isfinite(x)] for x, _ in cleaned.values()])
+    if xs.size and np.all(xs == np.round(xs)):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(True, color="0.88")
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return _render(figure, path)
 
 
 def heatmap(
@@ -374,8 +299,9 @@ def heatmap(
     ylabel: str = "",
 ) -> np.ndarray:
     """(R, C) matrix drawn as shaded cells with the number written in each, e.g. a confusion
-    matrix of latent codes (rows) against true actions (columns). Shading is linear from white
-    at the matrix minimum (or 0) to dark blue at its maximum. Returns the (H, W, 3) uint8 image.
+    matrix of latent codes (rows) against true actions (columns). Shading runs from white at
+    the matrix minimum (or 0) to matplotlib's darkest "Blues" at its maximum. Returns the
+    (H, W, 3) uint8 image.
     """
     matrix = np.asarray(matrix)
     if matrix.ndim != 2:
@@ -387,50 +313,29 @@ def heatmap(
         )
     values = matrix.astype(np.float64)
     integral = bool(np.issubdtype(matrix.dtype, np.integer) or np.all(values == np.round(values)))
-    texts = [[_cell_text(v, integral) for v in row] for row in values]
-
-    title_font, label_font, cell_font = _font(18), _font(14), _font(13)
-    cell_width = max(
-        [44]
-        + [_text_size(str(label), label_font)[0] + 12 for label in col_labels]
-        + [_text_size(t, cell_font)[0] + 12 for row in texts for t in row]
-    )
-    cell_height = 30
-    row_label_width = max(_text_size(str(label), label_font)[0] for label in row_labels) + 12
-    left = 20 + (24 if ylabel else 0) + row_label_width
-    top = 44 + (22 if xlabel else 0) + 22
-    width = max(left + cols * cell_width + 20, _text_size(title, title_font)[0] + 40)
-    height = top + rows * cell_height + 20
-
-    canvas = Image.new("RGB", (width, height), _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    _draw_text(draw, (width / 2, 12), title, title_font, anchor="ma")
-    if xlabel:
-        _draw_text(draw, (left + cols * cell_width / 2, 40), xlabel, label_font, anchor="ma")
-    if ylabel:
-        ylabel_image = _vertical_text(ylabel, label_font)
-        y = int(top + rows * cell_height / 2 - ylabel_image.height / 2)
-        canvas.paste(ylabel_image, (8, y), ylabel_image)
-
     low = min(0.0, float(np.nanmin(values))) if values.size else 0.0
     high = float(np.nanmax(values)) if values.size else 1.0
-    span = high - low if high > low else 1.0
-    dark = np.array([8, 48, 107], np.float64)  # ColorBrewer Blues, darkest
-    for c, label in enumerate(col_labels):
-        x = left + (c + 0.5) * cell_width
-        _draw_text(draw, (x, top - 6), str(label), label_font, anchor="md")
-    for r, label in enumerate(row_labels):
-        y = top + (r + 0.5) * cell_height
-        _draw_text(draw, (left - 8, y), str(label), label_font, anchor="rm")
+    high = high if high > low else low + 1.0
+    label_chars = max(len(str(label)) for label in col_labels)
+    width = int(max(360, 160 + cols * max(60, 8 * label_chars)))
+    height = int(140 + rows * 34)
+    figure = _figure(width, height)
+    axes = figure.add_axes((110 / width, 50 / height, 1 - 130 / width, 1 - 120 / height))
+    axes.imshow(values, cmap="Blues", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+    axes.set_xticks(range(cols), [str(label) for label in col_labels])
+    axes.set_yticks(range(rows), [str(label) for label in row_labels])
+    axes.xaxis.tick_top()
+    axes.xaxis.set_label_position("top")
+    for r in range(rows):
         for c in range(cols):
-            intensity = 0.0 if np.isnan(values[r, c]) else (values[r, c] - low) / span
-            fill = tuple(np.round(255 + intensity * (dark - 255)).astype(int))
-            x0, y0 = left + c * cell_width, top + r * cell_height
-            draw.rectangle([x0, y0, x0 + cell_width, y0 + cell_height], fill=fill, outline=_GRID)
-            text_color = _WHITE if intensity > 0.5 else _BLACK
-            center = (x0 + cell_width / 2, y0 + cell_height / 2)
-            _draw_text(draw, center, texts[r][c], cell_font, text_color, anchor="mm")
-    return _finish(canvas, path)
+            value = values[r, c]
+            text = "" if np.isnan(value) else (f"{int(value)}" if integral else f"{value:.2f}")
+            dark = not np.isnan(value) and (value - low) / (high - low) > 0.5
+            axes.text(c, r, text, ha="center", va="center", color="white" if dark else "black")
+    figure.suptitle(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    return _render(figure, path)
 
 
 def bar_chart(
@@ -442,8 +347,10 @@ def bar_chart(
     ylabel: str = "",
 ) -> np.ndarray:
     """Vertical bars, e.g. the usage count of each latent code. ``labels`` None numbers the bars
-    0..N-1. With few bars each shows its value; with many, labels are thinned so they do not
-    overlap and the chart widens up to 1400 px. Returns the (H, W, 3) uint8 image."""
+    0..N-1. With few bars each shows its value; with many, matplotlib thins the labels and the
+    chart widens up to 1400 px. Returns the (H, W, 3) uint8 image."""
+    from matplotlib.ticker import MaxNLocator
+
     values = np.asarray(values, np.float64).reshape(-1)
     count = values.size
     if count == 0:
@@ -451,53 +358,29 @@ def bar_chart(
     labels = [str(i) for i in range(count)] if labels is None else [str(x) for x in labels]
     if len(labels) != count:
         raise ValueError(f"{len(labels)} labels for {count} values")
-
-    title_font, label_font, tick_font = _font(18), _font(14), _font(12)
-    y_low, y_high, y_ticks = _nice_ticks(min(0.0, values.min()), max(values.max(), 0.0), 6)
-    y_tick_labels = [_tick_label(t, y_ticks) for t in y_ticks]
-    left = 30 + max(_text_size(t, tick_font)[0] for t in y_tick_labels) + 12
-    slot = max(1.0, min(60.0, 900.0 / count))
-    plot_width = int(max(400, min(1400 - left - 20, slot * count)))
-    slot = plot_width / count
-    width = left + plot_width + 20
-    height = 450
-    top, bottom = 50, height - 70
-
-    def to_y(value: float) -> float:
-        return bottom - (value - y_low) / (y_high - y_low) * (bottom - top)
-
-    canvas = Image.new("RGB", (width, height), _WHITE)
-    draw = ImageDraw.Draw(canvas)
-    _draw_text(draw, (width / 2, 14), title, title_font, anchor="ma")
-    for tick, text in zip(y_ticks, y_tick_labels, strict=True):
-        y = to_y(tick)
-        draw.line([(left, y), (left + plot_width, y)], fill=_GRID)
-        draw.line([(left - 5, y), (left, y)], fill=_AXIS)
-        _draw_text(draw, (left - 8, y), text, tick_font, anchor="rm")
-
-    label_width = max(_text_size(label, tick_font)[0] for label in labels) + 6
-    label_every = max(1, math.ceil(label_width / slot))
-    show_values = count <= 32
-    integral = bool(np.all(values == np.round(values)))
-    zero = to_y(0.0)
-    for i, value in enumerate(values):
-        x0 = left + i * slot + (0.15 * slot if slot >= 4 else 0)
-        x1 = left + (i + 1) * slot - (0.15 * slot if slot >= 4 else 0)
-        y = to_y(value)
-        draw.rectangle([x0, min(y, zero), max(x0, x1 - 1), max(y, zero)], fill=PALETTE[0])
-        center = left + (i + 0.5) * slot
-        if i % label_every == 0:
-            draw.line([(center, bottom), (center, bottom + 4)], fill=_AXIS)
-            _draw_text(draw, (center, bottom + 7), labels[i], tick_font, anchor="ma")
-        if show_values:
-            text = _cell_text(value, integral) if integral else f"{value:.3g}"
-            _draw_text(draw, (center, min(y, zero) - 3), text, tick_font, anchor="md")
-    draw.rectangle([left, top, left + plot_width, bottom], outline=_AXIS)
-    _draw_text(draw, (left + plot_width / 2, height - 28), xlabel, label_font, anchor="ma")
-    if ylabel:
-        ylabel_image = _vertical_text(ylabel, label_font)
-        canvas.paste(ylabel_image, (6, int((top + bottom - ylabel_image.height) / 2)), ylabel_image)
-    return _finish(canvas, path)
+    width = int(max(480, min(1400, 120 + count * 40)))
+    figure = _figure(width, 450)
+    axes = figure.add_axes((90 / width, 0.14, 1 - 120 / width, 0.76))
+    positions = np.arange(count)
+    bars = axes.bar(positions, values, width=0.7, color=_color(0), linewidth=0)
+    if count <= 32:
+        integral = bool(np.all(values == np.round(values)))
+        texts = [f"{int(v)}" if integral else f"{v:.3g}" for v in values]
+        axes.bar_label(bars, texts, padding=2, fontsize=9)
+        axes.set_xticks(positions, labels)
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(nbins=16, integer=True))
+        axes.set_xticks(
+            [int(t) for t in axes.get_xticks() if 0 <= t < count],
+            [labels[int(t)] for t in axes.get_xticks() if 0 <= t < count],
+        )
+    axes.set_xlim(-0.6, count - 0.4)
+    axes.grid(True, axis="y", color="0.88")
+    axes.set_axisbelow(True)
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    return _render(figure, path)
 
 
 def code_motion_figure(
@@ -521,7 +404,6 @@ def code_motion_figure(
     Codes never inferred (NaN motion) say so. Matplotlib's object API on an Agg canvas, so no
     global backend or pyplot state is touched. Returns the (H, W, 3) uint8 image.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dx, dy = np.asarray(dx, np.float64), np.asarray(dy, np.float64)
@@ -585,9 +467,4 @@ def code_motion_figure(
         axes[2 + p, 0].set_ylabel(f"rollout end,\nprompt {p}", fontsize=8)
     if image is not None:
         figure.colorbar(image, ax=list(axes[1]), shrink=0.8, label="change")
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    picture = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    if path is not None:
-        save_png(path, picture)
-    return picture
+    return _render(figure, path)
