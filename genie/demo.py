@@ -166,7 +166,7 @@ def targets_table(run_dir: str, recipe: str = "demo") -> str:
 def write_prompt(config, run_dir: str) -> str:
     """The first frame of the first test clip, as a PNG prompt for `genie play`."""
     from data_pipelines.loader import read_clips
-    from genie.plots import save_png
+    from genie.media import save_png
 
     clip = read_clips(config.data.dataset, "test", data_dir=config.data.data_dir, limit=1)
     path = f"{run_dir}/prompt.png"

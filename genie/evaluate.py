@@ -56,7 +56,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from genie import metrics, plots
+from genie import media, metrics, plots
 
 PAPER_DELTA_STEP = 4  # Genie reports ΔtPSNR at t = 4
 # A latent action counts as used when the LAM infers it for at least this share of the
@@ -571,7 +571,7 @@ def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Path
         evaluation.sample_random_all,
     )
     videos = np.stack(
-        [real, *(np.concatenate([prompt, plots.to_uint8(g)], axis=1) for g in generated)],
+        [real, *(np.concatenate([prompt, media.to_uint8(g)], axis=1) for g in generated)],
         axis=1,
     )
     scale = max(1, 128 // real.shape[-2])
@@ -581,7 +581,7 @@ def write_outputs(evaluation: Evaluation, out_dir: str | Path) -> dict[str, Path
         plots.label_image(g, f"{caption}\n{'prompt' if t < context else f't={t - context + 1}'}")
         for t, g in enumerate(grid)
     ]
-    plots.save_gif(paths["gif"], np.stack(frames), fps=4)
+    media.save_gif(paths["gif"], np.stack(frames), fps=4)
     return paths
 
 

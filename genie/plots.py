@@ -17,6 +17,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from genie.media import check_rgb, save_png, to_uint8, upscale
+
 # Tableau 10, the matplotlib default cycle: distinct and readable on white.
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (31, 119, 180),
@@ -66,78 +68,6 @@ def _draw_text(
     anchor: str = "la",
 ) -> None:
     draw.text(xy, text, font=font, fill=fill, anchor=anchor)
-
-
-def to_uint8(image, name: str = "image") -> np.ndarray:
-    """uint8 images pass through; float images in [0, 1] -> uint8 floor(clip(x, 0, 1) * 255 + 0.5),
-    i.e. rounded half up, the same as `genie.models.tokenizer.unit_to_uint8` does inside jit."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image
-    if "float" in image.dtype.name:  # numpy floats and ml_dtypes' bfloat16
-        unit = np.clip(image.astype(np.float32), 0.0, 1.0)
-        return np.floor(unit * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
-    raise ValueError(f"{name} must be uint8 (0..255) or float in [0, 1], got {image.dtype}")
-
-
-def _check_rgb(image: np.ndarray, name: str, leading: str = "") -> None:
-    """``leading`` names the axes before (H, W, 3), e.g. "T" for frames."""
-    if image.ndim != 3 + len(leading) or image.shape[-1] != 3:
-        expected = "(" + "".join(f"{axis}, " for axis in leading) + "H, W, 3)"
-        raise ValueError(f"{name} must be {expected} RGB, got shape {image.shape}")
-
-
-def upscale(image, scale: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of the two axes before the channel axis: (..., H, W, 3) ->
-    (..., H*scale, W*scale, 3). Keeps pixel art crisp."""
-    if scale < 1 or int(scale) != scale:
-        raise ValueError(f"scale must be a positive integer, got {scale}")
-    image = np.asarray(image)
-    if scale == 1:
-        return image
-    return np.repeat(np.repeat(image, scale, axis=-3), scale, axis=-2)
-
-
-def _ensure_parent(path: str | os.PathLike) -> None:
-    parent = os.path.dirname(os.fspath(path))
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-
-
-def save_png(path: str | os.PathLike, image) -> np.ndarray:
-    """Save an (H, W, 3) image as PNG (parent folders are created); returns it as uint8."""
-    image = to_uint8(image)
-    _check_rgb(image, "image")
-    _ensure_parent(path)
-    Image.fromarray(image, "RGB").save(path, format="PNG")
-    return image
-
-
-def save_gif(path: str | os.PathLike, frames, fps: float = 10.0, scale: int = 1, loop: int = 0):
-    """Save (T, H, W, 3) frames as an animated GIF playing at ``fps``, looping forever by default
-    (``loop=0``), each frame upscaled ``scale`` times with nearest neighbour.
-
-    GIF stores delays in 1/100 s and at most 256 colours per frame (Pillow picks a palette per
-    frame). Pillow merges consecutive identical frames into one longer frame, so a reader may
-    count fewer frames than T while the playback time is unchanged.
-    """
-    frames = to_uint8(frames, "frames")
-    _check_rgb(frames, "frames", leading="T")
-    if len(frames) == 0:
-        raise ValueError("save_gif needs at least one frame")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
-    frames = upscale(frames, scale)
-    images = [Image.fromarray(frame, "RGB") for frame in frames]
-    _ensure_parent(path)
-    images[0].save(
-        path,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=max(10, round(1000.0 / fps)),
-        loop=loop,
-    )
 
 
 def image_grid(frames, pad: int = 2, scale: int = 1, pad_value: int = 255) -> np.ndarray:
@@ -200,7 +130,7 @@ def label_image(
     font shrinks down to 8 px before a long word is allowed to run off the edge.
     """
     image = to_uint8(image)
-    _check_rgb(image, "image")
+    check_rgb(image, "image")
     width = image.shape[1]
     size = font_size or int(np.clip(width // 7, 9, 16))
     while True:

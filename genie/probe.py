@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genie import metrics, plots
+from genie import media, metrics, plots
 from genie.evaluate import infer_actions_jit, json_safe, map_batches
 
 KEYS = ("left", "right", "up", "none")
@@ -91,7 +91,7 @@ def _labelled_cells(frames: np.ndarray, scale: int) -> np.ndarray:
     rows = []
     for prompt_frames in frames:
         cells = [
-            plots.label_image(plots.upscale(frame, scale), f"a = {a}")
+            plots.label_image(media.upscale(frame, scale), f"a = {a}")
             for a, frame in enumerate(prompt_frames)
         ]
         rows.append(np.stack(cells))
@@ -110,8 +110,8 @@ def write_rollouts(videos: np.ndarray, out: Path) -> dict[str, Path]:
             plots.label_image(grid, f"rows: prompts, columns: latent actions; {caption}")
         )
     paths = {"gif": out / "actions.gif", "png": out / "actions_last_frame.png"}
-    plots.save_gif(paths["gif"], np.stack(grid_frames), fps=4)
-    plots.save_png(paths["png"], grid_frames[-1])
+    media.save_gif(paths["gif"], np.stack(grid_frames), fps=4)
+    media.save_png(paths["png"], grid_frames[-1])
     return paths
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import collections
 import functools
 import os
-import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,88 +34,13 @@ import numpy as np
 from flax import nnx
 
 from genie.config import MODELS, Config
+from genie.media import fit_frames, read_prompt_file
 from genie.models.lam import check_actions
 from genie.models.maskgit import sample_frame
 from genie.models.tokenizer import unit_to_uint8
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
-VIDEO_SUFFIXES = {".mp4", ".gif", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-
-
 # ---------------------------------------------------------------------------------------------
 # Prompts: files and arrays -> uint8 (B, t, H, W, 3) at the model's size
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file -> uint8 (1, H, W, 3)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))[None]
-
-
-def read_video(path: Path, last: int) -> np.ndarray:
-    """The last `last` frames of a video file (GIF through Pillow, others through PyAV) ->
-    uint8 (t, H, W, 3), t <= last."""
-    frames: collections.deque = collections.deque(maxlen=last)
-    if path.suffix.lower() == ".gif":
-        from PIL import Image, ImageSequence
-
-        with Image.open(path) as image:
-            for frame in ImageSequence.Iterator(image):
-                frames.append(np.asarray(frame.convert("RGB")))
-    else:
-        import av
-
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"video {path} holds no frames")
-    return np.stack(frames)
-
-
-def read_prompt_file(path: str | os.PathLike, last: int) -> np.ndarray:
-    """An image or video file -> uint8 (t, H, W, 3): the image, or the video's last frames."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
-    suffix = path.suffix.lower()
-    readers = [read_image, lambda p: read_video(p, last)]
-    if suffix in VIDEO_SUFFIXES:
-        readers.reverse()
-    for reader in readers:
-        try:
-            return reader(path)
-        except Exception:  # noqa: BLE001 - any failure means "not this kind of file"
-            continue
-    raise ValueError(
-        f"prompt {path} is neither an image (png, jpg, ...) nor a video (mp4, gif, ...) that "
-        "Pillow or PyAV can read"
-    )
-
-
-def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> (..., size, size, 3): centre-cropped to a square, then resized
-    (bilinear), with a warning naming both sizes. Frames of the right size pass untouched."""
-    height, width = frames.shape[-3:-1]
-    if (height, width) == (size, size):
-        return frames
-    from PIL import Image
-
-    warnings.warn(
-        f"prompt frames are {height}x{width} (HxW) but the world was trained on {size}x{size}: "
-        f"centre-cropping to a square and resizing to {size}x{size}",
-        stacklevel=3,
-    )
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = frames[..., top : top + side, left : left + side, :]
-    flat = square.reshape(-1, side, side, 3)
-    resized = [
-        np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR)) for f in flat
-    ]
-    return np.stack(resized).reshape(*frames.shape[:-3], size, size, 3)
 
 
 def as_prompt(prompt, *, batch_size: int, image_size: int, clip_frames: int) -> np.ndarray:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genie import plots
+from genie import media, plots
 
 
 def _distinct_frames(count, height=8, width=8):
@@ -22,18 +22,18 @@ def _read(path):
 def test_save_png_round_trips(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     path = tmp_path / "nested" / "frame.png"
-    plots.save_png(path, image)
+    media.save_png(path, image)
     image_format, size, pixels = _read(path)
     assert image_format == "PNG" and size == (7, 5)
     np.testing.assert_array_equal(pixels, image)
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
-        plots.save_png(tmp_path / "gray.png", np.zeros((5, 7), np.uint8))
+        media.save_png(tmp_path / "gray.png", np.zeros((5, 7), np.uint8))
 
 
 def test_save_gif_frame_count_size_and_timing(tmp_path):
     frames = _distinct_frames(5, height=6, width=4)
     path = tmp_path / "clip.gif"
-    plots.save_gif(path, frames, fps=20, scale=3)
+    media.save_gif(path, frames, fps=20, scale=3)
     with Image.open(path) as gif:
         assert gif.format == "GIF" and gif.size == (12, 18)
         assert gif.n_frames == 5

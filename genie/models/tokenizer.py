@@ -36,7 +36,7 @@ def frames_to_unit(frames: jax.Array) -> jax.Array:
 
 def unit_to_uint8(pixels: jax.Array) -> jax.Array:
     """Float pixels in ~[0, 1] -> uint8 floor(clip(x, 0, 1) * 255 + 0.5), traceable; the same
-    rounding (half up) as `genie.plots.to_uint8` on the host."""
+    rounding (half up) as `genie.media.to_uint8` on the host."""
     unit = jnp.clip(pixels.astype(jnp.float32), 0.0, 1.0)
     return jnp.floor(unit * 255.0 + 0.5).astype(jnp.uint8)
 

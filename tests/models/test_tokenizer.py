@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from genie import plots
+from genie import media
 from genie.config import TokenizerConfig, TransformerConfig
 from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
 
@@ -158,9 +158,9 @@ def test_unit_to_uint8_rounds_half_up_like_plots_to_uint8():
         [np.arange(-2, 2 * 255 + 3) / np.float32(2 * 255), np.linspace(-1, 2, 10001)]
     ).astype(np.float32)
     on_device = np.asarray(jax.jit(unit_to_uint8)(jnp.asarray(values)))
-    np.testing.assert_array_equal(on_device, plots.to_uint8(values))
+    np.testing.assert_array_equal(on_device, media.to_uint8(values))
     np.testing.assert_array_equal(
-        plots.to_uint8(np.array([0.5 / 255, 1.5 / 255, 254.5 / 255, -0.1, 1.1], np.float32)),
+        media.to_uint8(np.array([0.5 / 255, 1.5 / 255, 254.5 / 255, -0.1, 1.1], np.float32)),
         [1, 2, 255, 0, 255],
     )
 
