@@ -1,5 +1,6 @@
-"""Data-parallel and FSDP training on four simulated CPU devices: the tokenizer stage and the
-co-training stage (two trained models, one frozen)."""
+"""Data-parallel and FSDP training on four simulated CPU devices, every stage (the co-training
+one trains two models beside a frozen one): losses equal to one device, and the shardings the
+loop itself placed every array in, fresh and after a resume."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp",
 # Pictures at the last step, drawn from the sharded models.
 config = dataclasses.replace(config, **{
     f"train_{s}": dataclasses.replace(config.train(s), image_every=3)
-    for s in ("tokenizer", "lam_dynamics")})
+    for s in ("tokenizer", "lam", "dynamics", "lam_dynamics")})
 genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
 shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
                             make_mesh(), fsdp=config.fsdp)
@@ -55,8 +56,9 @@ def layout(result):
         }
     return counts
 
-# The tokenizer, then the LAM and dynamics model co-trained on it (straight-through path).
-for stage in ("tokenizer", "lam_dynamics"):
+# Every stage: the tokenizer, the LAM, the dynamics model reading both, then the LAM and a
+# dynamics model co-trained on the tokenizer (straight-through path).
+for stage in ("tokenizer", "lam", "dynamics", "lam_dynamics"):
     result = train(config, stage, data_iterator=synthetic_iterator(moving_square_clips(16), 4),
                    progress=False)
     losses[stage] = [m["loss"] for m in read_metrics(config.run_path / stage)]
@@ -112,10 +114,12 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
     four = _run(tmp_path, 4, mode)
     assert (one["devices"], four["devices"]) == (1, 4)
     assert (four["sharded"] > 0) == (mode == "fsdp")
-    for stage in ("tokenizer", "lam_dynamics"):
+    for stage in ("tokenizer", "lam", "dynamics", "lam_dynamics"):
         np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)
     assert four["images"] == one["images"]
     assert four["images"] == [  # the resumed tokenizer draws at its new last step, 4
+        "dynamics_0000003.png",
+        "lam_0000003.png",
         "lam_dynamics_0000003.png",
         "tokenizer_0000003.png",
         "tokenizer_0000004.png",
@@ -131,6 +135,7 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
             assert counts["as_rule"] == counts["nonscalar"], (name, part, counts)
             assert (counts["split"] > 0) == (mode == "fsdp"), (name, part, counts)
     assert four["layouts"]["lam_dynamics"]["frozen"]["arrays"] > 0  # the frozen tokenizer
+    assert four["layouts"]["dynamics"]["frozen"]["arrays"] > 0  # the tokenizer and LAM
 
 
 def test_distributed_settings_come_from_flags_then_environment(monkeypatch):
