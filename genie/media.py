@@ -144,15 +144,10 @@ def save_video(path: str | os.PathLike, frames: np.ndarray, *, fps: float, scale
 
 
 def png_base64(image: np.ndarray) -> str:
-    from PIL import Image
-
+    """(H, W, 3) uint8 -> the PNG file as base64 text (for a data: URL)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-# ---------------------------------------------------------------------------------------------
-# The pygame window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,8 +156,6 @@ def png_base64(image: np.ndarray) -> str:
 
 def read_image(path: Path) -> np.ndarray:
     """An image file -> uint8 (1, H, W, 3)."""
-    from PIL import Image
-
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))[None]
 
@@ -172,7 +165,7 @@ def read_video(path: Path, last: int) -> np.ndarray:
     uint8 (t, H, W, 3), t <= last."""
     frames: collections.deque = collections.deque(maxlen=last)
     if path.suffix.lower() == ".gif":
-        from PIL import Image, ImageSequence
+        from PIL import ImageSequence
 
         with Image.open(path) as image:
             for frame in ImageSequence.Iterator(image):
@@ -214,8 +207,6 @@ def fit_frames(frames: np.ndarray, size: int) -> np.ndarray:
     height, width = frames.shape[-3:-1]
     if (height, width) == (size, size):
         return frames
-    from PIL import Image
-
     warnings.warn(
         f"prompt frames are {height}x{width} (HxW) but the world was trained on {size}x{size}: "
         f"centre-cropping to a square and resizing to {size}x{size}",
