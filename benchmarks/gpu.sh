@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accelerator figures of benchmarks/gpu.py, prepared on a development machine and run on one
-# GPU (under 8 minutes on an H100), writing one JSON file.
+# GPU (sized for an 8-minute slot; not yet timed on a GPU), writing one JSON file.
 #
 #   bash benchmarks/gpu.sh prepare        # here: .whl/ (packages the GPU image lacks) and
 #                                         # .gpu/clips.npz (clips of a built CoinRun dataset)

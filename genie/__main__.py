@@ -9,7 +9,7 @@ from genie import cli
 
 VERBS = {
     "demo": ("genie.demo", "build a small CoinRun dataset and train all three stages on it"),
-    "train": ("genie.train", "train one stage: tokenizer, lam or dynamics"),
+    "train": ("genie.train", "train one stage: tokenizer, lam, dynamics or lam_dynamics"),
     "play": ("genie.play", "step a trained world with latent actions (window, headless, browser)"),
     "probe": ("genie.probe", "find out what each latent action does"),
     "eval": ("genie.evaluate", "reconstruction, rollout and controllability metrics"),

@@ -491,10 +491,11 @@ def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step
         from jax.experimental import multihost_utils
 
         frames = np.asarray(multihost_utils.broadcast_one_to_all(frames))
-    models, _ = nnx.merge(graphdef, replicated(state, mesh))
-    for name, model in frozen.items():
-        frozen_graphdef, frozen_state = nnx.split(model)
-        models[name] = nnx.merge(frozen_graphdef, replicated(frozen_state, mesh))
+    trained, _ = nnx.merge(graphdef, state)  # the optimizer state is not drawn: not copied
+    models = {}
+    for name, model in {**frozen, **trained}.items():
+        module_graphdef, module_state = nnx.split(model)
+        models[name] = nnx.merge(module_graphdef, replicated(module_state, mesh))
     image = spec.images(models, frames, jax.random.fold_in(image_key, step))
     writer.image(step, stage, image)
 
