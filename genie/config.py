@@ -150,6 +150,11 @@ class DynamicsConfig:
     temperature: float = 1.0
     mask_schedule: Literal["cosine", "linear"] = "cosine"
     min_mask_rate: float = 0.5  # training mask rates are drawn from [min_mask_rate, 1]
+    # > 0: a learned scalar, starting at this value, is added to the logit of the token the
+    # previous frame had at the same position (where that token is not masked), so the model
+    # starts from "copy the last frame" and learns what changes (`genie.models.dynamics`).
+    # 0: off (Genie's model).
+    copy_logit: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -120,9 +120,12 @@ def sample_frame(
 
     if use_cache:
         cache = model.prefill(tokens, actions)
+        previous = jax.lax.dynamic_index_in_dim(tokens, frame_index - 1, axis=1, keepdims=False)
 
         def predict(frame_tokens, frame_mask):
-            return model.decode_frame(frame_tokens, frame_mask, actions, frame_index, cache)
+            return model.decode_frame(
+                frame_tokens, frame_mask, actions, frame_index, cache, previous_tokens=previous
+            )
 
     else:
         clip_mask = jnp.zeros(tokens.shape, bool)

@@ -44,6 +44,17 @@ def model():
     return make_model()
 
 
+COPY_LOGIT = 3.0
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+    return make_model(config=dataclasses.replace(CONFIG, copy_logit=COPY_LOGIT))
+
+
+BOTH = pytest.mark.parametrize("which", ["model", "copy_model"])
+
+
 def test_logits_shape_and_dtype(model):
     tokens, actions, mask = make_batch()
     logits = forward(model, tokens, actions, mask)
@@ -92,8 +103,10 @@ def test_action_token_is_as_strong_as_a_context_token(model):
     assert float(action_effect) > 0.1 * float(context_effect)
 
 
+@BOTH
 @pytest.mark.parametrize("t", [0, 1, 2])
-def test_future_tokens_do_not_reach_the_past(model, t):
+def test_future_tokens_do_not_reach_the_past(request, which, t):
+    model = request.getfixturevalue(which)
     tokens, actions, mask = make_batch()
     changed = tokens.at[:, t + 1].set((tokens[:, t + 1] + 3) % K)
     before, after = forward(model, tokens, actions, mask), forward(model, changed, actions, mask)
@@ -101,8 +114,10 @@ def test_future_tokens_do_not_reach_the_past(model, t):
     assert not np.array_equal(before[:, t + 1], after[:, t + 1])
 
 
-def test_masked_tokens_are_hidden(model):
-    """A masked position's token id must not leak into any logit."""
+@BOTH
+def test_masked_tokens_are_hidden(request, which):
+    """A masked position's token id must not leak into any logit (the copy prior's included)."""
+    model = request.getfixturevalue(which)
     tokens, actions, mask = make_batch()
     scrambled = jnp.where(mask, (tokens + 5) % K, tokens)
     np.testing.assert_array_equal(
@@ -156,8 +171,10 @@ def test_value_and_grad_under_jit(model):
     assert float(jnp.abs(grads.mask_embedding[...]).sum()) > 0
 
 
+@BOTH
 @pytest.mark.parametrize("frame_index", [1, 2, 3])
-def test_cached_decode_matches_full_forward(model, frame_index):
+def test_cached_decode_matches_full_forward(request, which, frame_index):
+    model = request.getfixturevalue(which)
     tokens, actions, mask = make_batch()
     frame_mask = mask[:, frame_index]
     only_this_frame = jnp.zeros_like(mask).at[:, frame_index].set(frame_mask)
@@ -168,10 +185,46 @@ def test_cached_decode_matches_full_forward(model, frame_index):
     @nnx.jit
     def decode(model, frame_index):
         cache = model.prefill(junk, actions)
-        return model.decode_frame(tokens[:, frame_index], frame_mask, actions, frame_index, cache)
+        previous = tokens[:, frame_index - 1]
+        return model.decode_frame(
+            tokens[:, frame_index], frame_mask, actions, frame_index, cache, previous
+        )
 
     decoded = decode(model, jnp.int32(frame_index))
     np.testing.assert_allclose(decoded, full[:, frame_index], atol=1e-5, rtol=1e-5)
+
+
+def test_copy_prior_adds_the_learned_logit_on_visible_previous_tokens(copy_model):
+    """By hand: logits with the prior minus those of the same model with c = 0 are c exactly at
+    (frame t >= 1, position n, token id tokens[t-1, n]) where tokens[t-1, n] is not masked, and 0
+    everywhere else (frame 0 has no previous frame)."""
+    tokens, actions, mask = make_batch()
+    with_prior = np.asarray(forward(copy_model, tokens, actions, mask))
+    graphdef, state = nnx.split(copy_model)
+    without = nnx.merge(graphdef, state)
+    without.copy_logit[...] = jnp.zeros(())
+    plain = np.asarray(forward(without, tokens, actions, mask))
+    expected = np.zeros((B, T, N, K), np.float32)
+    tokens_np, mask_np = np.asarray(tokens), np.asarray(mask)
+    for b in range(B):
+        for t in range(1, T):
+            for n in range(N):
+                if not mask_np[b, t - 1, n]:
+                    expected[b, t, n, tokens_np[b, t - 1, n]] = COPY_LOGIT
+    np.testing.assert_allclose(with_prior - plain, expected, atol=1e-5)
+    assert expected.sum() > 0  # the batch has visible previous tokens
+
+
+def test_copy_logit_is_learned(copy_model):
+    tokens, actions, _ = make_batch()
+    grads = nnx.grad(lambda m: dynamics_loss(m, tokens, actions, jax.random.key(0))[0])(
+        copy_model
+    )
+    assert float(jnp.abs(grads.copy_logit[...])) > 0
+
+
+def test_without_the_option_there_is_no_copy_parameter(model):
+    assert model.copy_logit is None
 
 
 def test_overfits_a_tiny_batch():

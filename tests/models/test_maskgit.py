@@ -1,5 +1,6 @@
 """MaskGIT schedule and next-frame sampling: counts, determinism, causality, compilation."""
 
+import dataclasses
 import math
 
 import jax
@@ -104,7 +105,17 @@ def test_slots_from_frame_index_on_are_ignored(model, use_cache, frame_index):
     np.testing.assert_array_equal(clean, junk)
 
 
-def test_cached_sampling_equals_uncached(model):
+@pytest.mark.parametrize("copy_logit", [0.0, 3.0])
+def test_cached_sampling_equals_uncached(model, copy_logit):
+    if copy_logit:
+        model = DynamicsModel(
+            dataclasses.replace(CONFIG, copy_logit=copy_logit),
+            num_codes=K,
+            num_actions=A,
+            num_patches=N,
+            max_frames=T,
+            rngs=nnx.Rngs(0),
+        )
     tokens, actions = make_clip()
     for frame_index in (1, 2, 3):
         key = jax.random.key(10 + frame_index)
