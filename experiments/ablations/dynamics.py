@@ -179,9 +179,7 @@ def write_table() -> None:
             f"{r['delta_psnr_t4'] if r['delta_psnr_t4'] is None else round(r['delta_psnr_t4'], 2)}"
             f" | {r['reconstruction_psnr']:.2f} |"
         )
-    notes = "".join(
-        f"\n- {r['variant']}: {r['note']}" for r in latest.values() if r.get("note")
-    )
+    notes = "".join(f"\n- {r['variant']}: {r['note']}" for r in latest.values() if r.get("note"))
     RESULTS.with_suffix(".md").write_text(
         TABLE_INTRO.format(clips=VALIDATION_CLIPS)
         + header

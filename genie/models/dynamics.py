@@ -74,7 +74,9 @@ class DynamicsModel(nnx.Module):
             rngs=rngs,
         )
         self.copy_logit = (
-            nnx.Param(jnp.asarray(config.copy_logit, param_dtype)) if config.copy_logit > 0 else None
+            nnx.Param(jnp.asarray(config.copy_logit, param_dtype))
+            if config.copy_logit > 0
+            else None
         )
 
     def _check(self, tokens: jax.Array, actions: jax.Array) -> None:

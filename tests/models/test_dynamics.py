@@ -217,9 +217,7 @@ def test_copy_prior_adds_the_learned_logit_on_visible_previous_tokens(copy_model
 
 def test_copy_logit_is_learned(copy_model):
     tokens, actions, _ = make_batch()
-    grads = nnx.grad(lambda m: dynamics_loss(m, tokens, actions, jax.random.key(0))[0])(
-        copy_model
-    )
+    grads = nnx.grad(lambda m: dynamics_loss(m, tokens, actions, jax.random.key(0))[0])(copy_model)
     assert float(jnp.abs(grads.copy_logit[...])) > 0
 
 
