@@ -45,160 +45,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from tqdm.auto import tqdm
 
 from genie import media, metrics, plots
+from genie.inference import WorldFunctions, map_batches
+from genie.writer import json_safe
 
 PAPER_DELTA_STEP = 4  # Genie reports ΔtPSNR at t = 4
 # A latent action counts as used when the LAM infers it for at least this share of the
 # evaluated transitions ("Dead codes fool ΔtPSNR" in the module docstring).
 USED_CODE_SHARE = 0.01
 SAMPLE_CLIPS = 4  # clips shown in rollouts.gif
-
-
-# --------------------------------------------------------------------------------------------
-# The seam between a trained run and the measurements
-
-
-@dataclasses.dataclass(frozen=True)
-class WorldFunctions:
-    """What evaluation and probing need from a trained run, as functions of NumPy arrays.
-
-    `from_run` builds them from checkpoints; tests pass their own (e.g. a `generate` that returns
-    the real future, whose PSNR must be +inf). Every function takes a batch of fixed size
-    (callers pad), so the compiled versions compile once.
-    """
-
-    num_codes: int  # K, the tokenizer's codebook
-    num_actions: int  # |A|, the LAM's codebook
-    # uint8 (B, T, H, W, 3) -> (tokens (B, T, N) int, float reconstruction (B, T, H, W, 3))
-    reconstruct: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-    # uint8 (B, T, H, W, 3) -> (B, T-1) int; [:, t] explains frame t -> t+1
-    infer_actions: Callable[[np.ndarray], np.ndarray]
-    # (prompt uint8 (B, T0, H, W, 3), prompt_actions (B, T0-1), actions (B, S), keys (B,))
-    #   -> float (B, S, H, W, 3) in [0, 1]; actions[:, 0] leads from the last prompt frame;
-    #   clip b is sampled with keys[b] alone, so its frames do not depend on its batch
-    generate: Callable[[np.ndarray, np.ndarray, np.ndarray, jax.Array], np.ndarray]
-
-    @classmethod
-    def from_run(
-        cls,
-        run_dir: str | Path,
-        *,
-        maskgit_steps: int | None = None,
-        temperature: float | None = None,
-    ) -> tuple[WorldFunctions, object]:
-        """Loads the three stages of a run -> (functions, the dynamics stage's config).
-
-        MaskGIT steps and temperature default to the run's config (25 and 1.0 in the Genie
-        CoinRun case study).
-        """
-        from genie.checkpoint import load_model
-        from genie.models.maskgit import rollout
-
-        tokenizer, tokenizer_config = load_model(run_dir, "tokenizer")
-        lam, _ = load_model(run_dir, "lam")
-        dynamics, config = load_model(run_dir, "dynamics")
-        steps = config.dynamics.maskgit_steps if maskgit_steps is None else maskgit_steps
-        temperature = config.dynamics.temperature if temperature is None else temperature
-        window = tokenizer_config.data.clip_frames
-
-        def reconstruct(frames):
-            tokens = tokenize_jit(tokenizer, jnp.asarray(frames))
-            return np.asarray(tokens), np.asarray(decode_jit(tokenizer, tokens))
-
-        def infer_actions(frames):
-            return np.asarray(infer_actions_jit(lam, jnp.asarray(frames)))
-
-        def generate(prompt, prompt_actions, actions, keys):
-            prompt_tokens = tokenize_jit(tokenizer, jnp.asarray(prompt))
-            generated = rollout(
-                dynamics,
-                prompt_tokens,
-                jnp.asarray(actions, jnp.int32),
-                keys,
-                steps=steps,
-                temperature=temperature,
-                schedule=config.dynamics.mask_schedule,
-                prompt_actions=jnp.asarray(prompt_actions, jnp.int32),
-            )
-            video = decode_video(tokenizer, jnp.concatenate([prompt_tokens, generated], 1), window)
-            return np.asarray(video[:, prompt.shape[1] :])
-
-        functions = cls(
-            num_codes=tokenizer.num_codes,
-            num_actions=lam.num_actions,
-            reconstruct=reconstruct,
-            infer_actions=infer_actions,
-            generate=generate,
-        )
-        return functions, config
-
-
-@nnx.jit
-def tokenize_jit(tokenizer, frames):
-    return tokenizer.tokenize(frames)
-
-
-@nnx.jit
-def decode_jit(tokenizer, tokens):
-    return jnp.clip(tokenizer.decode(tokens), 0.0, 1.0)
-
-
-@nnx.jit
-def infer_actions_jit(lam, frames):
-    return lam.infer_actions(frames)
-
-
-def decode_video(tokenizer, tokens: jax.Array, window: int) -> jax.Array:
-    """(B, T, N) tokens -> (B, T, H, W, 3) float in [0, 1], also when T exceeds the `window`
-    frames the causal decoder was built for: frame t >= window is decoded from the `window`
-    frames ending at t (a sliding window, one compiled shape)."""
-    frames = tokens.shape[1]
-    if frames <= window:
-        return decode_jit(tokenizer, tokens)
-    decoded = [decode_jit(tokenizer, tokens[:, :window])]
-    for t in range(window, frames):
-        decoded.append(decode_jit(tokenizer, tokens[:, t - window + 1 : t + 1])[:, -1:])
-    return jnp.concatenate(decoded, axis=1)
-
-
-def map_batches(
-    fn: Callable,
-    arrays: tuple[np.ndarray, ...],
-    batch_size: int,
-    desc: str = "",
-    progress: bool = True,
-) -> list:
-    """Applies ``fn(*batches)`` to batches of exactly `batch_size` rows of the `arrays` (the last
-    batch padded by repeating its last row) -> per batch, the outputs (an array or a tuple of
-    arrays) with the padding rows cut off. `fn` sees no batch index: anything random must be
-    keyed by row (e.g. pass clip indices as one of the arrays), so results do not depend on
-    `batch_size`."""
-    count = len(arrays[0])
-    outputs = []
-    starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        stop = min(start + batch_size, count)
-        batch = [a[start:stop] for a in arrays]
-        pad = batch_size - (stop - start)
-        if pad:
-            batch = [np.concatenate([b, np.repeat(b[-1:], pad, axis=0)]) for b in batch]
-        out = fn(*batch)
-        if isinstance(out, tuple):
-            outputs.append(tuple(np.asarray(o)[: stop - start] for o in out))
-        else:
-            outputs.append(np.asarray(out)[: stop - start])
-    return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,19 +290,6 @@ def _report(
 
 # --------------------------------------------------------------------------------------------
 # Output files
-
-
-def json_safe(value):
-    """Replaces non-finite floats by the strings "inf", "-inf", "nan" (JSON has no infinity)."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float | np.floating) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _db(value) -> str:

@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from genie import media, metrics, plots
-from genie.evaluate import infer_actions_jit, json_safe, map_batches
+from genie.inference import Engine, map_batches
+from genie.writer import json_safe
 
 KEYS = ("left", "right", "up", "none")
 KEYMAP_KEYS = (*KEYS, "down")  # what keymap.json holds; "down" copies "none" (module docstring)
@@ -468,10 +469,10 @@ def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, di
     """Loads the run, reads the split (unless `data` = read_clips-like dict is given, with
     the dataset's "action_metadata" beside its "actions" where they should be compared),
     probes and writes -> (report, paths)."""
-    from genie.checkpoint import load_model
     from genie.world import World
 
-    lam, config = load_model(args.run_dir, "lam")
+    engine, config = Engine.from_run(args.run_dir, models=("lam",))
+    lam = engine.models["lam"]
     given_data = data is not None
     if data is None:
         from data_pipelines.loader import read_clips
@@ -490,7 +491,7 @@ def run(args: argparse.Namespace, *, data: dict | None = None) -> tuple[dict, di
     batch_size = min(args.batch_size, len(frames_for_codes))
     codes = np.concatenate(
         map_batches(
-            lambda x: infer_actions_jit(lam, x),
+            engine.infer_actions,
             (frames_for_codes,),
             batch_size,
             "infer latent actions",

@@ -26,9 +26,9 @@ from flax import nnx
 
 from genie import plots
 from genie.config import MODELS, STAGES, Config, Model
+from genie.inference import Engine
 from genie.models.dynamics import DynamicsModel, dynamics_loss
 from genie.models.lam import LatentActionModel, lam_loss
-from genie.models.maskgit import rollout
 from genie.models.st_transformer import patches_per_frame
 from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
 
@@ -180,15 +180,11 @@ def captioned_rows(rows: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:
     )
 
 
-@nnx.jit
-def _reconstruct(tokenizer: VideoTokenizer, frames: jax.Array) -> jax.Array:
-    return unit_to_uint8(tokenizer.decode(tokenizer.tokenize(frames)))
-
-
 def tokenizer_images(models, frames, key, *, clips: int = 4, max_frames: int = 8):
     """Per clip two captioned rows: the real frames, then decode(tokenize(frames))."""
     frames = jnp.asarray(frames[:clips, :max_frames])
-    reconstruction = np.asarray(_reconstruct(models["tokenizer"], frames))
+    _, decoded = Engine({"tokenizer": models["tokenizer"]}).reconstruct(frames)
+    reconstruction = np.asarray(unit_to_uint8(decoded))
     rows = []
     for clip, (real, decoded) in enumerate(zip(np.asarray(frames), reconstruction, strict=True)):
         rows += [(f"clip {clip + 1}: real", real), (f"clip {clip + 1}: reconstruction", decoded)]
@@ -222,34 +218,20 @@ def lam_images(models, frames, key, *, clips: int = 2, max_frames: int = 8):
     return captioned_rows(rows)
 
 
-@nnx.jit
-def _encode(tokenizer: VideoTokenizer, lam: LatentActionModel, frames: jax.Array):
-    return tokenizer.tokenize(frames), lam.infer_actions(frames)
-
-
-@nnx.jit
-def _decode(tokenizer: VideoTokenizer, tokens: jax.Array) -> jax.Array:
-    return unit_to_uint8(tokenizer.decode(tokens))
-
-
 def dynamics_images(models, frames, key, *, context: int = 2, clips: int = 4):
     """Per clip two captioned rows: the real clip, then the clip generated from its first
     `context` real frames and the latent actions the LAM infers from the real clip."""
-    tokenizer, lam, dynamics = models["tokenizer"], models["lam"], models["dynamics"]
+    engine = Engine({name: models[name] for name in ("tokenizer", "lam", "dynamics")})
     frames = jnp.asarray(frames[:clips])
-    tokens, actions = _encode(tokenizer, lam, frames)
-    config = dynamics.config
-    generated = rollout(
-        dynamics,
+    tokens, actions = engine.encode(frames)
+    generated = engine.rollout(
         tokens[:, :context],
         actions[:, context - 1 :],
         key,
         prompt_actions=actions[:, : context - 1],
-        steps=config.maskgit_steps,
-        temperature=config.temperature,
-        schedule=config.mask_schedule,
     )
-    video = np.asarray(_decode(tokenizer, jnp.concatenate([tokens[:, :context], generated], 1)))
+    video = engine.decode(jnp.concatenate([tokens[:, :context], generated], 1))
+    video = np.asarray(unit_to_uint8(video))
     rows = []
     for clip, (real, fake) in enumerate(zip(np.asarray(frames), video, strict=True)):
         rows += [

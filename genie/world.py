@@ -10,13 +10,12 @@ was trained on) as tokens in a buffer of T slots plus the T-1 latent actions bet
 `genie.models.dynamics`). `step(a)` writes `a` as the action leaving the newest frame, samples the
 next frame with MaskGIT into the first free slot and decodes it; once all T slots are full, the
 buffer first shifts left by one frame (and one action), so the model always sees at most T-1
-frames of context, as in `genie.models.maskgit.rollout`, which gives bitwise the same tokens.
+frames of context: the one rollout step of genie, `genie.models.maskgit.advance`, which
+`maskgit.rollout` loops too, so both give bitwise the same tokens.
 
-Everything a step does (shift, MaskGIT sampling, decoding) is one jitted function of fixed
-shapes with the write index traced, so it compiles once, on the first step, and never again.
-Decoding runs the tokenizer decoder over the whole T-slot buffer and keeps the new frame: the
-decoder is causal in time, so the slots after it change nothing, and one fixed-shape call is
-simpler than a decoder cache at these sizes.
+Everything a step does (shift, MaskGIT sampling, decoding) is one compiled function of the
+world's `genie.inference.Engine`, of fixed shapes with the write index traced, so it compiles
+once, on the first step, and never again.
 
 Randomness: the key of the k-th generated frame since `reset` is fold_in(PRNGKey(seed), k), so
 the same seed, prompt and actions give the same frames.
@@ -24,8 +23,6 @@ the same seed, prompt and actions give the same frames.
 
 from __future__ import annotations
 
-import collections
-import functools
 import os
 
 import jax
@@ -34,10 +31,9 @@ import numpy as np
 from flax import nnx
 
 from genie.config import MODELS, Config
+from genie.inference import Engine, trace_counts  # noqa: F401 (trace_counts: tests read it)
 from genie.media import fit_frames, read_prompt_file
 from genie.models.lam import check_actions
-from genie.models.maskgit import sample_frame
-from genie.models.tokenizer import unit_to_uint8
 
 # ---------------------------------------------------------------------------------------------
 # Prompts: files and arrays -> uint8 (B, t, H, W, 3) at the model's size
@@ -73,61 +69,6 @@ def as_prompt(prompt, *, batch_size: int, image_size: int, clip_frames: int) -> 
 
 # ---------------------------------------------------------------------------------------------
 # The world
-
-# How often each compiled function of this module was traced (so compiled): a test of "no
-# recompilation". Worlds with the same model structure and options share compiled code.
-trace_counts: collections.Counter = collections.Counter()
-
-
-def _merge(graphdefs, states) -> dict[str, nnx.Module]:
-    return {name: nnx.merge(g, s) for name, g, s in zip(MODELS, graphdefs, states, strict=True)}
-
-
-@functools.partial(jax.jit, static_argnames=("graphdefs",))
-def _encode_prompt(states, frames, *, graphdefs):
-    """uint8 (B, T, H, W, 3) prompt padded to T slots -> tokens (B, T, N), actions (B, T-1).
-
-    Both models are causal in time, so the padding after the prompt changes nothing before it;
-    one fixed shape serves prompts of every length."""
-    trace_counts["encode"] += 1
-    models = _merge(graphdefs, states)
-    return models["tokenizer"].tokenize(frames), models["lam"].infer_actions(frames)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdefs", "steps", "temperature", "schedule"))
-def _advance(
-    states, tokens, actions, count, action, key, *, graphdefs, steps, temperature, schedule
-):
-    """One step of the world, all fixed shapes: token buffer (B, T, N), action buffer (B, T-1),
-    `count` filled slots (traced, 1..T), (B,) latent actions -> the new buffers, the new count
-    and the new frame, uint8 (B, H, W, 3)."""
-    trace_counts["step"] += 1
-    models = _merge(graphdefs, states)
-    full = count == tokens.shape[1]
-    # A full buffer drops its oldest frame and the action leaving it; the freed last slot is
-    # zeroed, so the buffer is exactly the one `maskgit.rollout` builds.
-    shifted = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-    shifted_actions = jnp.concatenate([actions[:, 1:], jnp.zeros_like(actions[:, :1])], axis=1)
-    tokens = jnp.where(full, shifted, tokens)
-    actions = jnp.where(full, shifted_actions, actions)
-    index = jnp.where(full, count - 1, count)  # the slot to generate
-    # The action leaving the newest frame (slot index - 1) turns it into frame `index`:
-    # sample_frame and the dynamics model read it at actions[:, index - 1].
-    actions = jax.lax.dynamic_update_index_in_dim(actions, action, index - 1, axis=1)
-    frame = sample_frame(
-        models["dynamics"],
-        tokens,
-        actions,
-        index,
-        key,
-        steps=steps,
-        temperature=temperature,
-        schedule=schedule,
-    )
-    tokens = jax.lax.dynamic_update_index_in_dim(tokens, frame, index, axis=1)
-    pixels = models["tokenizer"].decode(tokens)  # causal in time: slots after `index` are inert
-    image = jax.lax.dynamic_index_in_dim(pixels, index, axis=1, keepdims=False)
-    return tokens, actions, index + 1, unit_to_uint8(image)
 
 
 class World:
@@ -169,9 +110,12 @@ class World:
                 f"for {models['dynamics'].num_actions}"
             )
         self.num_patches = models["tokenizer"].num_patches
-        split = [nnx.split(models[name]) for name in MODELS]
-        self._graphdefs = tuple(graphdef for graphdef, _ in split)
-        self._states = tuple(state for _, state in split)
+        self._engine = Engine(
+            models,
+            steps=self.steps,
+            temperature=self.temperature,
+            schedule=config.dynamics.mask_schedule,
+        )
         self._prompt: np.ndarray | None = None
 
     @classmethod
@@ -216,9 +160,9 @@ class World:
         prompt_frames = frames.shape[1]
         padded = np.zeros((self.batch_size, self.context_frames, *frames.shape[2:]), np.uint8)
         padded[:, :prompt_frames] = frames
-        tokens, actions = _encode_prompt(
-            self._states, jnp.asarray(padded), graphdefs=self._graphdefs
-        )
+        # Both models are causal in time, so the padding after the prompt changes nothing
+        # before it; one fixed shape serves prompts of every length.
+        tokens, actions = self._engine.encode(padded)
         # Only the prompt's own slots, and the prompt_frames - 1 actions between them, are real.
         slot = jnp.arange(self.context_frames)
         self._tokens = jnp.where(slot[None, :, None] < prompt_frames, tokens, 0)
@@ -254,17 +198,8 @@ class World:
             raise RuntimeError("call reset(prompt) before step(action)")
         action = self._check_action(action)
         key = jax.random.fold_in(self._key, self.step_count)
-        self._tokens, self._actions, self._count, image = _advance(
-            self._states,
-            self._tokens,
-            self._actions,
-            self._count,
-            jnp.asarray(action),
-            key,
-            graphdefs=self._graphdefs,
-            steps=self.steps,
-            temperature=self.temperature,
-            schedule=self.config.dynamics.mask_schedule,
+        self._tokens, self._actions, self._count, image = self._engine.step(
+            self._tokens, self._actions, self._count, jnp.asarray(action), key
         )
         image = np.asarray(image)
         self.step_count += 1

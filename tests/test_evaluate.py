@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from genie import evaluate, metrics
+from genie.inference import Engine, WorldFunctions
 from tests.conftest import moving_square_clips
 
 NUM_ACTIONS = 3
@@ -23,7 +24,7 @@ def unit(frames: np.ndarray) -> np.ndarray:
     return frames.astype(np.float32) / np.float32(255.0)
 
 
-def oracle_world(clips: np.ndarray, inferred: np.ndarray, context: int) -> evaluate.WorldFunctions:
+def oracle_world(clips: np.ndarray, inferred: np.ndarray, context: int) -> WorldFunctions:
     """A perfect tokenizer, a LAM inferring `inferred` (M, T-1), and a dynamics model that
     returns the real future when given exactly the inferred actions (prompt actions included)
     and repeats the last prompt frame otherwise."""
@@ -55,7 +56,7 @@ def oracle_world(clips: np.ndarray, inferred: np.ndarray, context: int) -> evalu
             out.append(unit(future))
         return np.stack(out)
 
-    return evaluate.WorldFunctions(
+    return WorldFunctions(
         num_codes=4,
         num_actions=NUM_ACTIONS,
         reconstruct=reconstruct,
@@ -159,7 +160,7 @@ def test_random_actions_draw_only_from_the_given_codes():
 GREY_OF_CODE = np.array([0.5, 0.5, 0.75, 0.25], np.float32)
 
 
-def dead_code_world(inferred: np.ndarray, calls: list) -> evaluate.WorldFunctions:
+def dead_code_world(inferred: np.ndarray, calls: list) -> WorldFunctions:
     """Clips whose first pixel is the clip id; records the actions of every generate() call."""
 
     def reconstruct(frames):
@@ -173,7 +174,7 @@ def dead_code_world(inferred: np.ndarray, calls: list) -> evaluate.WorldFunction
         grey = GREY_OF_CODE[actions][..., None, None, None]
         return np.broadcast_to(grey, (*actions.shape, *prompt.shape[2:])).astype(np.float32)
 
-    return evaluate.WorldFunctions(
+    return WorldFunctions(
         num_codes=4,
         num_actions=len(GREY_OF_CODE),
         reconstruct=reconstruct,
@@ -227,9 +228,7 @@ def test_used_code_delta_psnr_by_hand():
     assert delta["random_all_codes"]["t4"] > 0.5
 
 
-def sampling_world(
-    clips: np.ndarray, inferred: np.ndarray, context: int
-) -> evaluate.WorldFunctions:
+def sampling_world(clips: np.ndarray, inferred: np.ndarray, context: int) -> WorldFunctions:
     """The oracle's tokenizer and LAM with a dynamics model whose every frame is noise drawn
     from the clip's key, blended with the true future when the actions are obeyed: like a real
     MaskGIT world, its output depends on the sampling key."""
@@ -318,8 +317,7 @@ def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
     )
     # The same tokenizer calls (already compiled), pooled by genie.metrics directly.
     tokenizer, _ = load_model(run_dir, "tokenizer")
-    tokens = evaluate.tokenize_jit(tokenizer, clips)
-    reconstruction = np.asarray(evaluate.decode_jit(tokenizer, tokens))
+    reconstruction = np.asarray(Engine({"tokenizer": tokenizer}).reconstruct(clips)[1])
     assert report["reconstruction"]["psnr"] == pytest.approx(
         float(metrics.pooled_psnr(clips, reconstruction))
     )

@@ -123,7 +123,11 @@ def run_variant(base: str, name: str, source: Path, extra: list[str], tag: str) 
     trained = train_timed(config, run_dir)
     report, _ = evaluate.run(
         evaluate.parse_args(
-            [str(run_dir), "--split", "validation", "--clips", str(VALIDATION_CLIPS)]
+            [
+                str(run_dir),
+                *("--split", "validation", "--clips", str(VALIDATION_CLIPS)),
+                *("--context", "4", "--temperature", "0"),  # as `genie demo` evaluates
+            ]
         )
     )
     psnr = report["rollout"]["psnr"]

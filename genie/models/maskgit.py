@@ -227,6 +227,62 @@ def sample_frame_jit(
     )
 
 
+def advance(
+    model: DynamicsModel,
+    tokens: jax.Array,
+    actions: jax.Array,
+    count: jax.Array,
+    action: jax.Array,
+    key: jax.Array,
+    **options,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One step of a sliding-window rollout on fixed-shape buffers; traceable.
+
+    `tokens` (B, T, N) holds `count` (traced, 1..T) filled frame slots and `actions` (B, T-1) the
+    latent actions between them (actions[:, t] turned slot t into slot t+1; later slots are
+    zero). `action` (B,) is taken at the newest frame. A full buffer first drops its oldest
+    frame and the action leaving it (the freed slots are zeroed), so the model always sees at
+    most T-1 frames of context. Returns the new buffers, the new count and the new frame's
+    (B, N) tokens, sampled by `sample_frame` with `options` (steps, temperature, ...).
+
+    This is the only rollout step of genie: `rollout` below loops it, and `genie.inference`
+    compiles it (with decoding) for worlds stepped one frame at a time.
+    """
+    full = count == tokens.shape[1]
+    shifted = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
+    shifted_actions = jnp.concatenate([actions[:, 1:], jnp.zeros_like(actions[:, :1])], axis=1)
+    tokens = jnp.where(full, shifted, tokens)
+    actions = jnp.where(full, shifted_actions, actions)
+    index = jnp.where(full, count - 1, count)  # the slot to generate
+    # The action leaving the newest frame (slot index - 1) turns it into frame `index`.
+    actions = jax.lax.dynamic_update_index_in_dim(actions, action, index - 1, axis=1)
+    frame = sample_frame(model, tokens, actions, index, key, **options)
+    tokens = jax.lax.dynamic_update_index_in_dim(tokens, frame, index, axis=1)
+    return tokens, actions, index + 1, frame
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _advance_compiled(graphdef, state, tokens, actions, count, action, key, **options):
+    return advance(nnx.merge(graphdef, state), tokens, actions, count, action, key, **options)
+
+
+def start_buffers(
+    tokens: jax.Array, prompt_actions: jax.Array, window: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A (B, T0, N) prompt and its (B, T0-1) actions -> the fixed-shape buffers of `advance`:
+    tokens (B, window, N) and actions (B, window-1) holding the prompt's last min(T0, window)
+    frames and the actions between them, zero after, and the count of filled slots."""
+    batch, prompt_frames, patches = tokens.shape
+    kept = min(prompt_frames, window)
+    buffer = jnp.zeros((batch, window, patches), jnp.int32)
+    buffer = buffer.at[:, :kept].set(jnp.asarray(tokens[:, prompt_frames - kept :], jnp.int32))
+    buffer_actions = jnp.zeros((batch, window - 1), jnp.int32)
+    if kept > 1:
+        kept_actions = jnp.asarray(prompt_actions[:, prompt_frames - kept :], jnp.int32)
+        buffer_actions = buffer_actions.at[:, : kept - 1].set(kept_actions)
+    return buffer, buffer_actions, jnp.int32(kept)
+
+
 def rollout(
     model: DynamicsModel,
     tokens: jax.Array,
@@ -245,11 +301,12 @@ def rollout(
     actions[:, h] is the action taken at the last frame so far, producing new frame h.
     prompt_actions (B, T0-1) are the latent actions between the prompt's frames (e.g. inferred by
     the LAM) and are required when T0 > 1: the model was trained with them.
-    The context is a sliding window of the model's max_frames (the newest max_frames - 1 frames
-    plus the one being generated); every frame reuses one compiled `sample_frame`. The ids are
-    checked and the model split once, before the first frame; `key` is one key or one per clip.
+    The context is a sliding window of the model's max_frames (`advance`: the newest
+    max_frames - 1 frames plus the one being generated); every frame reuses one compiled
+    `advance`, and new frame h is sampled with fold_in(key, h). The ids are checked and the
+    model split once, before the first frame; `key` is one key or one per clip.
     """
-    batch, prompt_frames, patches = tokens.shape
+    batch, prompt_frames, _ = tokens.shape
     window = model.max_frames
     if prompt_actions is None:
         if prompt_frames > 1:
@@ -270,27 +327,19 @@ def rollout(
     _check_ids(model, tokens, jnp.concatenate([prompt_actions, actions], axis=1))
     graphdef, state = nnx.split(model)
     options = _options(steps, temperature, schedule, choice_temperature, use_cache)
-    history = jnp.asarray(tokens, jnp.int32)
-    history_actions = jnp.asarray(prompt_actions, jnp.int32)
+    buffer, buffer_actions, count = start_buffers(tokens, prompt_actions, window)
+    actions = jnp.asarray(actions, jnp.int32)
     new_frames = []
     for step in range(actions.shape[1]):
-        history_actions = jnp.concatenate([history_actions, actions[:, step : step + 1]], axis=1)
-        context = history[:, -(window - 1) :]
-        frame_index = context.shape[1]
-        # Fixed-shape buffers: window frame slots, window - 1 action slots, zero padding after.
-        buffer = jnp.zeros((batch, window, patches), jnp.int32).at[:, :frame_index].set(context)
-        buffer_actions = jnp.zeros((batch, window - 1), jnp.int32)
-        buffer_actions = buffer_actions.at[:, :frame_index].set(history_actions[:, -frame_index:])
-        frame = _sample_frame_compiled(
+        buffer, buffer_actions, count, frame = _advance_compiled(
             graphdef,
             state,
             buffer,
             buffer_actions,
-            jnp.int32(frame_index),
+            count,
+            actions[:, step],
             fold_in(key, step),
             **options,
         )
         new_frames.append(frame)
-        history = jnp.concatenate([history[:, -(window - 1) :], frame[:, None]], axis=1)
-        history_actions = history_actions[:, -(window - 1) :]
     return jnp.stack(new_frames, axis=1)

@@ -153,12 +153,12 @@ def test_rollout_slides_the_window_without_recompiling(model):
     prompt, prompt_actions = tokens[:, :2], actions[:, :1]
     horizon = 2 * T  # longer than the window: the context slides
     new_actions = jax.random.randint(jax.random.key(3), (B, horizon), 0, A, jnp.int32)
-    compiled_before = maskgit._sample_frame_compiled._cache_size()
+    compiled_before = maskgit._advance_compiled._cache_size()
     key = jax.random.key(4)
     frames = rollout(model, prompt, new_actions, key, prompt_actions=prompt_actions, **SAMPLING)
     assert frames.shape == (B, horizon, N) and frames.dtype == jnp.int32
     assert int(frames.min()) >= 0 and int(frames.max()) < K
-    assert maskgit._sample_frame_compiled._cache_size() <= compiled_before + 1
+    assert maskgit._advance_compiled._cache_size() <= compiled_before + 1
     # The first new frame is sample_frame on the prompt with the first action.
     buffer = jnp.zeros((B, T, N), jnp.int32).at[:, :2].set(prompt)
     buffer_actions = jnp.zeros((B, T - 1), jnp.int32).at[:, 0].set(prompt_actions[:, 0])
