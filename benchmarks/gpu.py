@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict:
     from benchmarks.play import benchmark_world
     from benchmarks.train import benchmark_stage
     from genie.config import MODELS
+    from genie.models.st_transformer import attention_implementation
     from genie.stages import build_model
     from genie.world import World
 
@@ -139,6 +140,11 @@ def run(args: argparse.Namespace) -> dict:
         "jax": jax.__version__,
         "config": config.name,
         "dtype": config.dtype,
+        # What attention ran as (the head size of the dynamics model's transformer).
+        "attention": attention_implementation(
+            config.compute_dtype,
+            config.dynamics.transformer.width // config.dynamics.transformer.heads,
+        ),
         "dry": args.dry,
     }
     steps = 2 if args.dry else args.steps

@@ -9,6 +9,10 @@ Axes: B batch, T time, N patches per frame, D width, P patch size, C channels.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+
 import jax
 import jax.numpy as jnp
 from einops import rearrange
@@ -46,6 +50,50 @@ def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> 
     )
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+@functools.cache
+def _nvidia_gpu() -> bool:
+    device = jax.devices()[0]
+    return device.platform == "gpu" and "nvidia" in device.device_kind.lower()
+
+
+def attention_implementation(dtype, head_dim: int) -> str:
+    """How attention runs, chosen here and nowhere else: "cudnn" (cuDNN's fused flash
+    attention) on an NVIDIA GPU for bfloat16 or float16 with a head size cuDNN takes (a multiple
+    of 8, at most 128); "xla" everywhere else (CPU, TPU, float32), which is also what
+    `jax.nn.dot_product_attention` picks when not told. GENIE_ATTENTION=xla or =cudnn forces
+    one (to compare them on a GPU)."""
+    forced = os.environ.get("GENIE_ATTENTION", "")
+    if forced:
+        if forced not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"GENIE_ATTENTION={forced!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
+            )
+        return forced
+    cudnn_shape = head_dim % 8 == 0 and head_dim <= 128
+    if cudnn_shape and jnp.dtype(dtype) in _CUDNN_DTYPES and _nvidia_gpu():
+        return "cudnn"
+    return "xla"
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
+    """`jax.nn.dot_product_attention` of (M, L, heads, head_dim) queries, keys and values with
+    the implementation of `attention_implementation`. Should cuDNN refuse the shapes while
+    tracing (its length and layout rules vary by version), XLA runs instead, with a warning."""
+    implementation = attention_implementation(q.dtype, q.shape[-1])
+    if implementation == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError) as error:
+            logging.getLogger("genie").warning(
+                "cuDNN attention refused %s queries (%s); using XLA", q.shape, error
+            )
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention over the second-to-last axis of (..., L, D)."""
 
@@ -61,8 +109,7 @@ class Attention(nnx.Module):
         lead, (length, width) = x.shape[:-2], x.shape[-2:]
         qkv = self.qkv(x).reshape(-1, length, 3, self.heads, width // self.heads)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # Fused (cuDNN flash) attention on GPU where the dtype allows; XLA elsewhere.
-        attended = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+        attended = attend(q, k, v, causal=causal)
         return self.out(attended.reshape(*lead, length, width))
 
     def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -90,7 +137,8 @@ class Attention(nnx.Module):
         keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
         values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
         visible = (jnp.arange(keys.shape[1]) <= index)[None, None, None, :]  # (1, 1, 1, L)
-        attended = jax.nn.dot_product_attention(q, keys, values, mask=visible)
+        # One query against a masked cache: small, and outside cuDNN's causal kernels: XLA.
+        attended = jax.nn.dot_product_attention(q, keys, values, mask=visible, implementation="xla")
         return self.out(attended.reshape(*lead, 1, width))
 
 

@@ -5,6 +5,7 @@ import pytest
 from flax import nnx
 
 from genie.config import TransformerConfig
+from genie.models import st_transformer
 from genie.models.st_transformer import STTransformer, patchify, unpatchify
 
 TINY = TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0)
@@ -62,3 +63,53 @@ def test_too_many_frames_or_wrong_patch_count_are_clear_errors(model):
         model(jnp.zeros((1, 7, 4, 6)))
     with pytest.raises(ValueError, match="expected 4 patches"):
         model(jnp.zeros((1, 2, 5, 6)))
+
+
+class _Device:
+    def __init__(self, platform, kind):
+        self.platform, self.device_kind = platform, kind
+
+
+@pytest.mark.parametrize(
+    "platform, kind, dtype, head_dim, expected",
+    [
+        ("cpu", "cpu", jnp.bfloat16, 16, "xla"),
+        ("gpu", "NVIDIA H100 80GB HBM3", jnp.bfloat16, 64, "cudnn"),
+        ("gpu", "NVIDIA H100 80GB HBM3", jnp.float16, 128, "cudnn"),
+        ("gpu", "NVIDIA H100 80GB HBM3", jnp.float32, 64, "xla"),  # cuDNN: half precision only
+        ("gpu", "NVIDIA H100 80GB HBM3", jnp.bfloat16, 12, "xla"),  # not a multiple of 8
+        ("gpu", "NVIDIA H100 80GB HBM3", jnp.bfloat16, 256, "xla"),  # above 128
+        ("gpu", "AMD Instinct MI300X", jnp.bfloat16, 64, "xla"),  # no cuDNN
+        ("tpu", "TPU v5 lite", jnp.bfloat16, 64, "xla"),
+    ],
+)
+def test_attention_implementation_is_chosen_in_one_place(
+    monkeypatch, platform, kind, dtype, head_dim, expected
+):
+    monkeypatch.delenv("GENIE_ATTENTION", raising=False)
+    monkeypatch.setattr(st_transformer.jax, "devices", lambda: [_Device(platform, kind)])
+    st_transformer._nvidia_gpu.cache_clear()
+    try:
+        assert st_transformer.attention_implementation(dtype, head_dim) == expected
+    finally:
+        st_transformer._nvidia_gpu.cache_clear()
+
+
+def test_attention_implementation_can_be_forced(monkeypatch):
+    monkeypatch.setenv("GENIE_ATTENTION", "cudnn")
+    assert st_transformer.attention_implementation(jnp.float32, 16) == "cudnn"
+    monkeypatch.setenv("GENIE_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="GENIE_ATTENTION='flash'"):
+        st_transformer.attention_implementation(jnp.float32, 16)
+
+
+def test_attention_falls_back_to_xla_when_cudnn_refuses(monkeypatch, caplog):
+    """On a machine without cuDNN (this one) a forced "cudnn" is refused while tracing: the
+    result is XLA's, with a warning, not a crash."""
+    monkeypatch.setenv("GENIE_ATTENTION", "cudnn")
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 2, 8), jnp.bfloat16)
+    with caplog.at_level("WARNING", logger="genie"):
+        out = st_transformer.attend(q, k, v, causal=True)
+    expected = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
+    assert "cuDNN attention refused" in caplog.text
