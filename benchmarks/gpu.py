@@ -56,12 +56,12 @@ def train_tokenizer_for(config: Config, clips: dict, seconds: float, evals: int 
     from flax import nnx
 
     from genie.models.tokenizer import frames_to_unit
-    from genie.sharding import batch_sharding, create_sharded, make_mesh
+    from genie.sharding import batch_sharding, create_sharded, mesh_for
     from genie.stages import build_model
     from genie.train import compile_ready_step, make_optimizer
 
     train_config = config.train("tokenizer")
-    mesh = make_mesh()
+    mesh = mesh_for(config)
 
     def make():
         model = build_model(config, "tokenizer", nnx.Rngs(params=config.seed))

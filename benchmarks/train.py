@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from genie.config import STAGES, Config, load_experiment
-from genie.sharding import batch_sharding, create_sharded, make_mesh
+from genie.sharding import batch_sharding, create_sharded, mesh_for
 from genie.stages import STAGE_SPECS, build_model
 from genie.train import compile_ready_step, make_optimizer
 
@@ -40,7 +40,7 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
             config, **{f"train_{stage}": dataclasses.replace(train, batch_size=batch_size)}
         )
     batch = config.train(stage).batch_size
-    mesh = make_mesh()
+    mesh = mesh_for(config)
     spec = STAGE_SPECS[stage]
 
     def make():

@@ -44,6 +44,9 @@ class TransformerConfig:
     depth: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
+    # Rematerialisation: recompute each block's activations in the backward pass instead of
+    # keeping them (`nnx.remat`): less memory for the large configs, about one more forward.
+    remat: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ class DynamicsConfig:
     # starts from "copy the last frame" and learns what changes (`genie.models.dynamics`).
     # 0: off (Genie's model).
     copy_logit: float = 0.0
+    # True: the frame's latent action embedding is also added to each of its patch tokens
+    # (beside its action token), so every position reads the action from the first layer.
+    action_to_patches: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,9 @@ class Config:
     run_dir: str = ""  # default: runs/<name>
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute; params stay float32
     fsdp: bool = False  # also shard parameters and optimizer state over devices
+    # With fsdp: how many devices each parameter is split over (the mesh's "fsdp" axis); the
+    # other axis, "data", replicates those groups (hybrid sharding). 0: all devices.
+    fsdp_devices: int = 0
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     lam: LAMConfig = LAMConfig()

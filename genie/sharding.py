@@ -1,9 +1,13 @@
 """Data parallelism over every device, with an optional FSDP switch.
 
-One mesh axis, `data`. Batches are split along it. Parameters and optimizer state are
-replicated, or with `fsdp=True` each array of at least `FSDP_MIN_SIZE` elements is split along
-its largest axis that the device count divides (the rule big_vision calls "fsdp"), so no
-module needs sharding annotations. XLA inserts the all-gathers and reduce-scatters.
+A mesh of two named axes, `data` x `fsdp` (`mesh_for`). Batches are split over both, so every
+device reads its own part of the batch. Parameters and optimizer state are replicated, or with
+`fsdp=True` each array of at least `FSDP_MIN_SIZE` elements is split over the `fsdp` axis
+along its largest dimension that the axis size divides (the rule big_vision calls "fsdp"), and
+replicated over `data`: with `fsdp_devices` = all devices (the default) that is plain FSDP,
+with fewer it is hybrid sharding (FSDP within groups of devices, data parallel across them).
+`parameter_spec` is the one partitioning rule, so no module needs sharding annotations; XLA
+inserts the all-gathers and reduce-scatters.
 
 Models are created sharded (`create_sharded`: initialised under jit with these shardings as
 outputs), so no process ever holds an unsharded copy, and checkpoints restore into those
@@ -26,34 +30,52 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # a batch is split over every device
 FSDP_MIN_SIZE = 2**14
 
 
-def make_mesh(devices=None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+def make_mesh(devices=None, *, fsdp_devices: int = 1) -> Mesh:
+    """`devices` (default: all) as a (data, fsdp) mesh with `fsdp_devices` on the fsdp axis."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if fsdp_devices < 1 or devices.size % fsdp_devices:
+        raise ValueError(
+            f"fsdp_devices {fsdp_devices} does not divide the {devices.size} devices into groups"
+        )
+    return Mesh(devices.reshape(devices.size // fsdp_devices, fsdp_devices), BATCH_AXES)
+
+
+def mesh_for(config) -> Mesh:
+    """The mesh a run of `config` trains on: with `fsdp`, `fsdp_devices` devices (0: all) on
+    the fsdp axis; without, every device on the data axis."""
+    fsdp_devices = (config.fsdp_devices or jax.device_count()) if config.fsdp else 1
+    return make_mesh(fsdp_devices=fsdp_devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the data axis."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Leading (batch) axis split over every device of the mesh (both axes)."""
+    return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def parameter_spec(shape: tuple[int, ...], devices: int, fsdp: bool) -> P:
+    """The partitioning rule of every parameter and optimizer-state array: with `fsdp`, arrays
+    of at least FSDP_MIN_SIZE elements are split over the fsdp axis (of `devices` devices)
+    along their largest dimension it divides; everything else is replicated."""
     if not fsdp or devices == 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
         return P()
     for axis in np.argsort(shape)[::-1]:
         if shape[axis] % devices == 0:
             spec = [None] * len(shape)
-            spec[axis] = DATA_AXIS
+            spec[axis] = FSDP_AXIS
             return P(*spec)
     return P()
 
 
 def state_shardings(state, mesh: Mesh, *, fsdp: bool):
-    """The sharding of every array of `state` (arrays or jax.ShapeDtypeStructs)."""
+    """The sharding of every array of `state` (arrays or jax.ShapeDtypeStructs) on `mesh`."""
+    devices = mesh.shape[FSDP_AXIS]
     return jax.tree.map(
-        lambda x: NamedSharding(mesh, parameter_spec(tuple(x.shape), mesh.size, fsdp)), state
+        lambda x: NamedSharding(mesh, parameter_spec(tuple(x.shape), devices, fsdp)), state
     )
 
 

@@ -48,7 +48,7 @@ from genie.sharding import (
     batch_sharding,
     create_sharded,
     initialize_distributed,
-    make_mesh,
+    mesh_for,
     replicated,
     state_shardings,
 )
@@ -294,7 +294,7 @@ def train(
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
     train_config = config.train(stage)
     folder = checkpoint.stage_path(config.run_path, stage)
-    mesh = make_mesh()
+    mesh = mesh_for(config)
     if train_config.batch_size % mesh.size:
         raise ValueError(
             f"batch size {train_config.batch_size} does not split over {mesh.size} devices"

@@ -22,20 +22,22 @@ import dataclasses, json, sys
 import jax
 from flax import nnx
 import genie.sharding
-from genie.sharding import make_mesh, parameter_spec, state_shardings
+from genie.sharding import mesh_for, parameter_spec, state_shardings
 from genie.stages import build_model
 from genie.train import train
 from genie.writer import read_metrics
 from tests.conftest import moving_square_clips, synthetic_iterator, tiny_config
-config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] == "fsdp",
+config = tiny_config(sys.argv[1], steps=3, fsdp=sys.argv[2] in ("fsdp", "hsdp"),
+                     fsdp_devices=2 if sys.argv[2] == "hsdp" else 0,
                      cotrain_stop_gradient=False)
+fsdp_size = mesh_for(config).shape["fsdp"]  # the devices each parameter is split over
 # Pictures at the last step, drawn from the sharded models.
 config = dataclasses.replace(config, **{
     f"train_{s}": dataclasses.replace(config.train(s), image_every=3)
     for s in ("tokenizer", "lam", "dynamics", "lam_dynamics")})
 genie.sharding.FSDP_MIN_SIZE = 64  # the tiny model's arrays are small
 shardings = state_shardings(nnx.state(build_model(config, "tokenizer", nnx.Rngs(0))),
-                            make_mesh(), fsdp=config.fsdp)
+                            mesh_for(config), fsdp=config.fsdp)
 sharded = sum(any(axis is not None for axis in s.spec) for s in jax.tree.leaves(shardings))
 losses, layouts = {}, {}
 
@@ -48,9 +50,10 @@ def layout(result):
         counts[part] = {
             "arrays": len(specs),
             "split": sum(any(a is not None for a in spec) for _, spec, _ in specs),
+            "split_over_fsdp": sum("fsdp" in tuple(spec) for _, spec, _ in specs),
             "nonscalar": sum(len(shape) > 0 for shape, _, _ in specs),
             "as_rule": sum(
-                tuple(spec) == tuple(parameter_spec(shape, jax.device_count(), config.fsdp))
+                tuple(spec) == tuple(parameter_spec(shape, fsdp_size, config.fsdp))
                 for shape, spec, _ in specs if len(shape)),
             "on_all_devices": sum(n == jax.device_count() for _, _, n in specs),
         }
@@ -70,7 +73,8 @@ layouts["tokenizer_resumed"] = layout(train(
     longer, "tokenizer", data_iterator=synthetic_iterator(moving_square_clips(16), 4),
     progress=False))
 images = sorted(p.name for p in config.run_path.glob("*/images/*.png"))
-print(json.dumps({"devices": jax.device_count(), "sharded": sharded, "losses": losses,
+print(json.dumps({"devices": jax.device_count(), "fsdp_size": fsdp_size,
+                  "sharded": sharded, "losses": losses,
                   "images": images, "layouts": layouts}))
 """
 
@@ -96,8 +100,8 @@ def _run(tmp_path, devices: int, mode: str) -> dict:
 
 def test_parameter_spec_rules():
     assert tuple(parameter_spec((256, 128), devices=4, fsdp=False)) == ()
-    assert tuple(parameter_spec((256, 128), devices=4, fsdp=True)) == ("data", None)
-    assert tuple(parameter_spec((6, 4096), devices=4, fsdp=True)) == (None, "data")
+    assert tuple(parameter_spec((256, 128), devices=4, fsdp=True)) == ("fsdp", None)
+    assert tuple(parameter_spec((6, 4096), devices=4, fsdp=True)) == (None, "fsdp")
     assert tuple(parameter_spec((8,), devices=4, fsdp=True)) == ()  # too small to split
     assert tuple(parameter_spec((129, 127), devices=4, fsdp=True)) == ()  # nothing divides
 
@@ -108,12 +112,16 @@ def one_device(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("one_device"), 1, "dp")
 
 
-@pytest.mark.parametrize("mode", ["dp", "fsdp"])
+@pytest.mark.parametrize("mode", ["dp", "fsdp", "hsdp"])
 def test_four_devices_train_like_one(tmp_path, mode, one_device):
+    """dp: data parallel; fsdp: parameters split over all four devices; hsdp: split over pairs
+    (the mesh's fsdp axis of 2), the pairs data parallel."""
     one = one_device
     four = _run(tmp_path, 4, mode)
     assert (one["devices"], four["devices"]) == (1, 4)
-    assert (four["sharded"] > 0) == (mode == "fsdp")
+    assert four["fsdp_size"] == {"dp": 1, "fsdp": 4, "hsdp": 2}[mode]
+    sharded = mode != "dp"
+    assert (four["sharded"] > 0) == sharded
     for stage in ("tokenizer", "lam", "dynamics", "lam_dynamics"):
         np.testing.assert_allclose(four["losses"][stage], one["losses"][stage], rtol=2e-4)
     assert four["images"] == one["images"]
@@ -126,14 +134,15 @@ def test_four_devices_train_like_one(tmp_path, mode, one_device):
     ]
     # The shardings the loop itself placed every array in, fresh and after a resume: every
     # array on all four devices, every parameter and optimizer moment split exactly as the
-    # rule says, and with --fsdp many of them split (none without).
+    # rule says, and with --fsdp many of them split, over the mesh's fsdp axis (none without).
     for name, parts in four["layouts"].items():
         for part, counts in parts.items():
             if not counts["arrays"]:
                 continue
             assert counts["on_all_devices"] == counts["arrays"], (name, part)
             assert counts["as_rule"] == counts["nonscalar"], (name, part, counts)
-            assert (counts["split"] > 0) == (mode == "fsdp"), (name, part, counts)
+            assert (counts["split"] > 0) == sharded, (name, part, counts)
+            assert counts["split_over_fsdp"] == counts["split"], (name, part, counts)
     assert four["layouts"]["lam_dynamics"]["frozen"]["arrays"] > 0  # the frozen tokenizer
     assert four["layouts"]["dynamics"]["frozen"]["arrays"] > 0  # the tokenizer and LAM
 

@@ -39,6 +39,8 @@ OPTIONS: dict[str, list[str]] = {
     "copy2": ["--dynamics.copy-logit", "2"],
     "copy4": ["--dynamics.copy-logit", "4"],
     "copy6": ["--dynamics.copy-logit", "6"],
+    "act": ["--dynamics.action-to-patches"],
+    "long": ["--train-dynamics.steps", "1600"],
     "mask0": ["--dynamics.min-mask-rate", "0.0"],
     "mask25": ["--dynamics.min-mask-rate", "0.25"],
     "steps16": ["--dynamics.maskgit-steps", "16"],

@@ -200,6 +200,10 @@ class STBlock(nnx.Module):
         return x + self.mlp(self.mlp_norm(x).astype(self.dtype))
 
 
+def _run_block(block: STBlock, x: jax.Array) -> jax.Array:
+    return block(x)
+
+
 class STTransformer(nnx.Module):
     """Input projection, learned spatial + temporal position embeddings (once), ST blocks.
 
@@ -232,6 +236,7 @@ class STTransformer(nnx.Module):
         self.dtype = dtype
         self.output_dtype = dtype if output_dtype is None else output_dtype
         self.num_patches, self.max_frames = num_patches, max_frames
+        self.remat = config.remat
         self.input_projection = nnx.Linear(in_features, width, **kw)
         init = nnx.initializers.normal(0.02)
         self.spatial_position = nnx.Param(init(rngs.params(), (num_patches, width), param_dtype))
@@ -282,10 +287,11 @@ class STTransformer(nnx.Module):
                 f"condition_features (it has {len(self.condition_projections)} projections)"
             )
         x = self._embed(x)
+        run_block = nnx.remat(_run_block) if self.remat else _run_block
         for index, block in enumerate(self.blocks):
             if condition is not None:
                 x = x + self.condition_projections[index](condition.astype(self.dtype))
-            x = block(x)
+            x = run_block(block, x)
         return self._output(x)
 
     # Key/value cache for decoding one frame many times against a fixed context (the dynamics

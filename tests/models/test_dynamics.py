@@ -49,10 +49,13 @@ COPY_LOGIT = 3.0
 
 @pytest.fixture(scope="module")
 def copy_model():
-    return make_model(config=dataclasses.replace(CONFIG, copy_logit=COPY_LOGIT))
+    """Both options of the model on: the copy prior and the action added to every patch."""
+    return make_model(
+        config=dataclasses.replace(CONFIG, copy_logit=COPY_LOGIT, action_to_patches=True)
+    )
 
 
-BOTH = pytest.mark.parametrize("which", ["model", "copy_model"])
+BOTH = pytest.mark.parametrize("which", ["model", "copy_model"])  # without, with the options
 
 
 def test_logits_shape_and_dtype(model):
@@ -80,8 +83,10 @@ def test_bfloat16_compute_gives_float32_logits():
     assert np.mean(logits != rounded) > 0.5
 
 
+@BOTH
 @pytest.mark.parametrize("t", [0, 1, 2])
-def test_action_t_conditions_frame_t_plus_1_only(model, t):
+def test_action_t_conditions_frame_t_plus_1_only(request, which, t):
+    model = request.getfixturevalue(which)
     tokens, actions, mask = make_batch()
     changed = actions.at[:, t].set((actions[:, t] + 1) % A)
     before, after = forward(model, tokens, actions, mask), forward(model, tokens, changed, mask)
@@ -223,6 +228,17 @@ def test_copy_logit_is_learned(copy_model):
 
 def test_without_the_option_there_is_no_copy_parameter(model):
     assert model.copy_logit is None
+
+
+def test_action_to_patches_adds_the_action_to_every_patch_token(model, copy_model):
+    tokens, actions, mask = make_batch()
+    plain = model.embed(tokens, actions, mask)
+    added = copy_model.embed(tokens, actions, mask)
+    patches = copy_model.embed_tokens(tokens, mask)
+    action_tokens = copy_model.embed_actions(actions)  # (B, T, 1, D), frame 0: no action
+    np.testing.assert_allclose(added[:, :, :N], patches + action_tokens, rtol=1e-6)
+    np.testing.assert_array_equal(added[:, :, N:], action_tokens)
+    assert plain.shape == added.shape
 
 
 def test_overfits_a_tiny_batch():

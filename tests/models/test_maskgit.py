@@ -109,7 +109,7 @@ def test_slots_from_frame_index_on_are_ignored(model, use_cache, frame_index):
 def test_cached_sampling_equals_uncached(model, copy_logit):
     if copy_logit:
         model = DynamicsModel(
-            dataclasses.replace(CONFIG, copy_logit=copy_logit),
+            dataclasses.replace(CONFIG, copy_logit=copy_logit, action_to_patches=True),
             num_codes=K,
             num_actions=A,
             num_patches=N,

@@ -113,3 +113,30 @@ def test_attention_falls_back_to_xla_when_cudnn_refuses(monkeypatch, caplog):
     expected = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(expected, np.float32))
     assert "cuDNN attention refused" in caplog.text
+
+
+def test_remat_recomputes_blocks_with_the_same_values_and_gradients():
+    """remat=True: the backward pass recomputes each block (a remat/checkpoint in the gradient's
+    program) and gives the same outputs and gradients as keeping the activations."""
+    import dataclasses
+
+    kept = STTransformer(6, 5, TINY, num_patches=4, max_frames=6, rngs=nnx.Rngs(0))
+    remat = STTransformer(
+        6, 5, dataclasses.replace(TINY, remat=True), num_patches=4, max_frames=6, rngs=nnx.Rngs(0)
+    )
+    x = jax.random.normal(jax.random.key(0), (2, 3, 4, 6))
+
+    def loss(model, x):
+        return jnp.sum(model(x) ** 2)
+
+    values = [nnx.jit(nnx.value_and_grad(loss))(m, x) for m in (kept, remat)]
+    np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(values[0][1]), jax.tree.leaves(values[1][1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+    def program(model):
+        graphdef, state = nnx.split(model)
+        return str(jax.make_jaxpr(jax.grad(lambda s: loss(nnx.merge(graphdef, s), x)))(state))
+
+    assert "remat" in program(remat) or "checkpoint" in program(remat)
+    assert "remat" not in program(kept) and "checkpoint" not in program(kept)
