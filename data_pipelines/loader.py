@@ -154,6 +154,15 @@ class _RandomWindow(grain.transforms.RandomMap):
         return np.ascontiguousarray(frames[start : start + self.clip_frames])
 
 
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags (their defaults will do); outside an absl app
+    nothing has parsed them and the first batch would fail with UnparsedFlagAccessError."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def make_loader(
     name: str,
     split: str = "train",
@@ -201,6 +210,8 @@ def make_loader(
             f"too few for a per-process batch of {per_process}; build more episodes or lower "
             "the batch size"
         )
+    if worker_count:
+        _absl_flags_ready()
     frames = _RandomWindow(t) if random_window else _FramesOnly(t)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
