@@ -4,6 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BEAM_STAMP := $(VENV)/.beam
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test test-slow bench lint clean
@@ -17,10 +18,16 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --no-deps procgen-mirror==0.10.7 gym3==0.3.3
 	touch $(STAMP)
 
+# Apache Beam (the video-folder builder's cluster path) only for the tests: the demo never
+# needs it and its set-up stays shorter.
+$(BEAM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[beam]'
+	touch $(BEAM_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m genie demo
 
-test: $(STAMP)
+test: $(STAMP) $(BEAM_STAMP)
 	bash tests/install_browser.sh $(PY)
 	$(PY) -m pytest -n 2 -q
 

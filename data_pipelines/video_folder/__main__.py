@@ -47,6 +47,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="default: one per 4 files, up to all CPU cores",
     )
+    parser.add_argument(
+        "--beam-pipeline-options",
+        default=None,
+        metavar="FLAGS",
+        help='build on Apache Beam (pip install "genie[beam]") with these pipeline flags, e.g. '
+        '"--runner=DirectRunner --direct_num_workers=4 --direct_running_mode=multi_processing" '
+        "or a Dataflow/Flink/Spark runner (data_pipelines/README.md)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
     args = parser.parse_args(argv)
     if len(args.size) not in (1, 2):
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             test_fraction=args.test_fraction,
             data_dir=args.data_dir,
             workers=args.workers,
+            beam_options=args.beam_pipeline_options,
             overwrite=args.overwrite,
         )
     except (ValueError, NotADirectoryError) as error:

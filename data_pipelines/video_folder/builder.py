@@ -4,6 +4,14 @@ Features: `frames` uint8 (T, H, W, 3); for provenance only, `source` (the file's
 to the folder) and `start_frame` (after resampling). Splits are by source file (a hash of its
 relative path), so no video contributes to two splits. Files that cannot be decoded are
 skipped, and named in `build_report.json` / `build_report.txt` beside the dataset.
+
+Two steps, each in-process (a pool of `workers` processes) or on Apache Beam (`beam_options`,
+e.g. "--runner=DirectRunner --direct_num_workers=4 --direct_running_mode=multi_processing", or
+Dataflow, Flink or Spark on a cluster): (1) decode every source, choose its clips and stage its
+frames as .npy in the build folder; (2) TFDS writes the clips as array_record. With Beam, step
+1 is a Beam pipeline and step 2 TFDS's own Beam writer (`_generate_examples` returns a Beam
+transform); the splits, the clips and the report are the same either way. On a cluster the
+build folder (`data_dir`) must be storage every worker can read and write.
 """
 
 from __future__ import annotations
@@ -46,10 +54,12 @@ class GenieVideoFolder(tfds.core.GeneratorBasedBuilder):
         *,
         by_split: dict[str, list[SourceResult]] | None = None,
         settings: ClipSettings | None = None,
+        beam: bool = False,
         **kwargs,
     ):
         self._by_split = by_split or {}
         self._settings = settings or ClipSettings()
+        self._beam = beam
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -75,18 +85,27 @@ class GenieVideoFolder(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, results: list[SourceResult]):
-        t = self._settings.clip_frames
-        for result in results:
-            frames = np.load(result.frames_file, mmap_mode="r")
-            for start in result.clip_starts:
-                yield (
-                    f"{result.source}@{start}",
-                    {
-                        "frames": np.asarray(frames[start : start + t]),
-                        "source": result.source,
-                        "start_frame": start,
-                    },
-                )
+        if self._beam:
+            import apache_beam as beam
+
+            return beam.Create(results) | beam.FlatMap(_clips_of, self._settings.clip_frames)
+        return (
+            clip for result in results for clip in _clips_of(result, self._settings.clip_frames)
+        )
+
+
+def _clips_of(result: SourceResult, clip_frames: int):
+    """The (key, example) of every kept clip of one staged source."""
+    frames = np.load(result.frames_file, mmap_mode="r")
+    for start in result.clip_starts:
+        yield (
+            f"{result.source}@{start}",
+            {
+                "frames": np.asarray(frames[start : start + clip_frames]),
+                "source": result.source,
+                "start_frame": start,
+            },
+        )
 
 
 def _report_text(root: pathlib.Path, results: list[SourceResult], splits: dict) -> str:
@@ -123,10 +142,13 @@ def build_video_folder(
     test_fraction: float = 0.1,
     data_dir: str | os.PathLike | None = None,
     workers: int | None = None,
+    beam_options: str | None = None,
     overwrite: bool = False,
     verbose: bool = True,
 ) -> pathlib.Path:
-    """Builds `<data_dir>/<name>/` from every video and image folder under `source_dir`."""
+    """Builds `<data_dir>/<name>/` from every video and image folder under `source_dir`, in
+    this process and a pool of `workers`, or on Apache Beam with `beam_options` (pipeline
+    flags in one string; the module docstring)."""
     root = pathlib.Path(source_dir).expanduser().absolute()
     if not root.is_dir():
         raise NotADirectoryError(f"video folder {root} does not exist or is not a folder")
@@ -158,7 +180,9 @@ def build_video_folder(
         bar = dict(
             total=len(tasks), desc=f"decoding {root.name}", unit="video", disable=not verbose
         )
-        if workers > 1:
+        if beam_options is not None:
+            results = _decode_with_beam(tasks, beam_options, staging / "beam_results")
+        elif workers > 1:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 results = list(tqdm(pool.imap(process_source_star, tasks), **bar))
         else:
@@ -177,11 +201,12 @@ def build_video_folder(
         builder = GenieVideoFolder(
             by_split=by_split,
             settings=settings,
+            beam=beam_options is not None,
             data_dir=str(staging / "tfds"),
             file_format="array_record",
         )
         with storage.quiet_tfds():
-            builder.download_and_prepare()
+            builder.download_and_prepare(download_config=_download_config(beam_options))
         shutil.rmtree(stage)
         storage.move_tfds_output(staging / "tfds", staging)
         (staging / REPORT_TEXT).write_text(report + "\n")
@@ -220,6 +245,54 @@ def build_video_folder(
         print(f"report saved to {final / REPORT_TEXT}")
         print(dataset_report.summarize(name, data_dir))
     return final
+
+
+def _pipeline_options(beam_options: str):
+    import shlex
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return PipelineOptions(shlex.split(beam_options))
+
+
+def _download_config(beam_options: str | None):
+    if beam_options is None:
+        return None
+    return tfds.download.DownloadConfig(beam_options=_pipeline_options(beam_options))
+
+
+def _decode_with_beam(tasks: list, beam_options: str, out: pathlib.Path) -> list[SourceResult]:
+    """Step 1 on Beam: every task's `process_source` result, in task order. The results travel
+    back through JSON lines written by the pipeline beside the staged frames."""
+    import apache_beam as beam
+
+    from data_pipelines.video_folder.sources import process_indexed
+
+    def to_json(indexed) -> str:
+        index, result = indexed
+        return json.dumps({"index": index, **dataclasses.asdict(result)})
+
+    with beam.Pipeline(options=_pipeline_options(beam_options)) as pipeline:
+        _ = (
+            pipeline
+            | "sources" >> beam.Create(tasks)
+            | "decode" >> beam.Map(process_indexed)
+            | "json" >> beam.Map(to_json)
+            | "write" >> beam.io.WriteToText(str(out / "results"), file_name_suffix=".jsonl")
+        )
+    rows = [
+        json.loads(line)
+        for file in sorted(out.glob("results*.jsonl"))
+        for line in file.read_text().splitlines()
+        if line.strip()
+    ]
+    rows.sort(key=lambda row: row.pop("index"))
+    if len(rows) != len(tasks):
+        raise RuntimeError(
+            f"the Beam pipeline returned {len(rows)} results for {len(tasks)} sources"
+        )
+    shutil.rmtree(out)
+    return [SourceResult(**row) for row in rows]
 
 
 def _suffixes():

@@ -199,3 +199,8 @@ def process_source(
 
 def process_source_star(task) -> SourceResult:
     return process_source(*task)
+
+
+def process_indexed(task) -> tuple[int, SourceResult]:
+    """`process_source` of a task, with the task's index (Beam returns results unordered)."""
+    return task[3], process_source(*task)

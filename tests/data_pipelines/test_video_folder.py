@@ -127,3 +127,65 @@ def test_a_dataset_rebuilt_in_process_is_read_afresh(video_source_dir, tmp_path)
     assert 0 < sum(after.values()) < before
     frames = sum(len(loader.read_clips("rebuilt", s, data_dir=tmp_path)["frames"]) for s in after)
     assert frames == sum(after.values())
+
+
+def test_a_beam_directrunner_build_equals_the_in_process_build(
+    video_data, video_source_dir, tmp_path, monkeypatch
+):
+    """The same folder built on Apache Beam (DirectRunner, both steps: decoding and TFDS's Beam
+    writer): the same splits, clip for clip in the same order, and the same report."""
+    beam = pytest.importorskip("apache_beam")
+    from data_pipelines.loader import dataset_info, read_clips
+    from data_pipelines.video_folder import builder, sources
+
+    # Both steps really run on Beam: decoding through process_indexed, clips through a
+    # transform handed to TFDS.
+    calls = {"transforms": 0}
+    process_indexed, generate = sources.process_indexed, builder.GenieVideoFolder._generate_examples
+    decoded_log = tmp_path / "decoded.txt"  # Beam runs a pickled copy: count in a file
+
+    def counting_process(task):
+        with open(decoded_log, "a") as log:
+            log.write(f"{task[3]}\n")
+        return process_indexed(task)
+
+    def checked_generate(self, results):
+        examples = generate(self, results)
+        calls["transforms"] += isinstance(examples, beam.PTransform)
+        return examples
+
+    monkeypatch.setattr(sources, "process_indexed", counting_process)
+    monkeypatch.setattr(builder.GenieVideoFolder, "_generate_examples", checked_generate)
+
+    name, data_dir, path = video_data
+    beam_path = build_video_folder(
+        video_source_dir,
+        "videos_beam",
+        fps=10,
+        size=VIDEO_SIZE,
+        clip_frames=VIDEO_CLIP_FRAMES,
+        stride=2,
+        validation_fraction=0.3,
+        test_fraction=0.3,
+        data_dir=tmp_path,
+        beam_options="--runner=DirectRunner",
+        verbose=False,
+    )
+    in_process_info, beam_info = dataset_info(name, data_dir), dataset_info("videos_beam", tmp_path)
+    decoded = sorted(int(line) for line in decoded_log.read_text().split())
+    assert decoded == list(range(len(_report(video_data)["sources"])))
+    assert calls["transforms"] == len(in_process_info["splits"])
+    assert beam_info["splits"] == in_process_info["splits"]
+    for split in in_process_info["splits"]:
+        expected = read_clips(name, split, data_dir=data_dir)
+        built = read_clips("videos_beam", split, data_dir=tmp_path)
+        assert list(built["source"]) == list(expected["source"]), split
+        np.testing.assert_array_equal(built["frames"], expected["frames"])
+        np.testing.assert_array_equal(built["start_frame"], expected["start_frame"])
+    report, beam_report = (
+        json.loads((p / "build_report.json").read_text()) for p in (path, beam_path)
+    )
+    assert beam_report["failed"] == report["failed"] and report["failed"]  # corrupt files named
+    assert beam_report["sources"] == report["sources"]
+    assert beam_report["splits"] == report["splits"]
+    assert (beam_path / "build_report.txt").read_text() == ((path / "build_report.txt").read_text())
