@@ -158,6 +158,9 @@ class DynamicsConfig:
     # starts from "copy the last frame" and learns what changes (`genie.models.dynamics`).
     # 0: off (Genie's model).
     copy_logit: float = 0.0
+    # With the copy prior: one learned copy logit per latent action (the action leading to the
+    # frame), so a "stand still" action can copy strongly and a "move" action weakly.
+    copy_per_action: bool = False
     # True: the frame's latent action embedding is also added to each of its patch tokens
     # (beside its action token), so every position reads the action from the first layer.
     action_to_patches: bool = False

@@ -40,6 +40,7 @@ OPTIONS: dict[str, list[str]] = {
     "copy4": ["--dynamics.copy-logit", "4"],
     "copy6": ["--dynamics.copy-logit", "6"],
     "act": ["--dynamics.action-to-patches"],
+    "pa": ["--dynamics.copy-per-action"],
     "long": ["--train-dynamics.steps", "1600"],
     "mask0": ["--dynamics.min-mask-rate", "0.0"],
     "mask25": ["--dynamics.min-mask-rate", "0.25"],

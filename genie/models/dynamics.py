@@ -23,7 +23,10 @@ freshly initialised model has to learn copying through attention first. With the
 learned scalar c (starting at `copy_logit`) is added to the logit of token tokens[t-1, n] at
 position n of frame t, wherever that token is visible (not masked), so training starts from
 "repeat the last frame" and spends its steps on what changes. Frame t still reads nothing the
-transformer could not read already: frame t-1's unmasked tokens.
+transformer could not read already: frame t-1's unmasked tokens. With `copy_per_action` the
+copy logit is one learned value per latent action, that of the action leading to frame t: a
+"stand still" action can learn to copy strongly and a "move" action weakly, so the copying
+itself obeys the action.
 
 Axes: B batch, T time, N tokens per frame, D width, K tokenizer codebook size, A latent actions.
 """
@@ -75,8 +78,9 @@ class DynamicsModel(nnx.Module):
             output_dtype=jnp.float32,  # logits: softmax and cross-entropy statistics in fp32
             rngs=rngs,
         )
+        copy_shape = (num_actions,) if config.copy_per_action else ()
         self.copy_logit = (
-            nnx.Param(jnp.asarray(config.copy_logit, param_dtype))
+            nnx.Param(jnp.full(copy_shape, config.copy_logit, param_dtype))
             if config.copy_logit > 0
             else None
         )
@@ -137,12 +141,24 @@ class DynamicsModel(nnx.Module):
         logits = self.transformer(self.embed(tokens, actions, mask))[:, :, : self.num_patches]
         if self.copy_logit is None:
             return logits
-        return logits.at[:, 1:].add(self.copy_prior(tokens[:, :-1], ~mask[:, :-1]))
+        strength = self.copy_strength(actions)[..., None]  # (B, T-1, 1) or ()
+        return logits.at[:, 1:].add(self.copy_prior(tokens[:, :-1], ~mask[:, :-1], strength))
 
-    def copy_prior(self, previous: jax.Array, visible: jax.Array) -> jax.Array:
-        """(..., N) previous frame's token ids and (..., N) bool visibility -> (..., N, K) fp32:
-        `copy_logit` on each visible previous token's id, 0 elsewhere (the class docstring)."""
-        weight = self.copy_logit[...].astype(jnp.float32) * visible.astype(jnp.float32)
+    def copy_strength(self, actions: jax.Array) -> jax.Array:
+        """The copy logit of the frames `actions` lead to: a scalar, or with `copy_per_action`
+        (B, S) for (B, S) int32 actions or (B, S, A) weights over them."""
+        strength = self.copy_logit[...].astype(jnp.float32)
+        if strength.ndim == 0:
+            return strength
+        if jnp.issubdtype(actions.dtype, jnp.integer):
+            return strength[actions]
+        return jnp.einsum("bsa,a->bs", actions.astype(jnp.float32), strength)
+
+    def copy_prior(self, previous: jax.Array, visible: jax.Array, strength) -> jax.Array:
+        """(..., N) previous frame's token ids, (..., N) bool visibility and the copy logit
+        (broadcastable to (..., N)) -> (..., N, K) fp32: the logit on each visible previous
+        token's id, 0 elsewhere (the class docstring)."""
+        weight = strength * visible.astype(jnp.float32)
         return jax.nn.one_hot(previous, self.num_codes, dtype=jnp.float32) * weight[..., None]
 
     def prefill(self, tokens: jax.Array, actions: jax.Array) -> KVCache:
@@ -180,7 +196,9 @@ class DynamicsModel(nnx.Module):
             return logits
         if previous_tokens is None:
             raise ValueError("a dynamics model with a copy prior needs previous_tokens")
-        return logits + self.copy_prior(previous_tokens, jnp.ones(previous_tokens.shape, bool))
+        strength = self.copy_strength(action)  # (B, 1) or ()
+        visible = jnp.ones(previous_tokens.shape, bool)
+        return logits + self.copy_prior(previous_tokens, visible, strength)
 
 
 def draw_mask(key: jax.Array, shape: tuple[int, int, int], min_mask_rate: float) -> jax.Array:

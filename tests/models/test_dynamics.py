@@ -55,7 +55,18 @@ def copy_model():
     )
 
 
-BOTH = pytest.mark.parametrize("which", ["model", "copy_model"])  # without, with the options
+@pytest.fixture(scope="module")
+def per_action_model():
+    """The copy prior with one learned logit per latent action, set to distinct values."""
+    model = make_model(
+        config=dataclasses.replace(CONFIG, copy_logit=COPY_LOGIT, copy_per_action=True)
+    )
+    model.copy_logit[...] = jnp.arange(1.0, A + 1.0)
+    return model
+
+
+# Without the options, with the copy prior and patch actions, with a copy logit per action.
+BOTH = pytest.mark.parametrize("which", ["model", "copy_model", "per_action_model"])
 
 
 def test_logits_shape_and_dtype(model):
@@ -205,8 +216,7 @@ def test_copy_prior_adds_the_learned_logit_on_visible_previous_tokens(copy_model
     everywhere else (frame 0 has no previous frame)."""
     tokens, actions, mask = make_batch()
     with_prior = np.asarray(forward(copy_model, tokens, actions, mask))
-    graphdef, state = nnx.split(copy_model)
-    without = nnx.merge(graphdef, state)
+    without = nnx.clone(copy_model)  # a deep copy: the fixture keeps its copy logit
     without.copy_logit[...] = jnp.zeros(())
     plain = np.asarray(forward(without, tokens, actions, mask))
     expected = np.zeros((B, T, N, K), np.float32)
@@ -218,6 +228,31 @@ def test_copy_prior_adds_the_learned_logit_on_visible_previous_tokens(copy_model
                     expected[b, t, n, tokens_np[b, t - 1, n]] = COPY_LOGIT
     np.testing.assert_allclose(with_prior - plain, expected, atol=1e-5)
     assert expected.sum() > 0  # the batch has visible previous tokens
+
+
+def test_the_copy_logit_per_action_is_that_of_the_action_leading_to_the_frame(
+    per_action_model,
+):
+    tokens, actions, mask = make_batch()
+    with_prior = np.asarray(forward(per_action_model, tokens, actions, mask))
+    without = nnx.clone(per_action_model)
+    without.copy_logit[...] = jnp.zeros((A,))
+    plain = np.asarray(forward(without, tokens, actions, mask))
+    expected = np.zeros((B, T, N, K), np.float32)
+    tokens_np, mask_np, actions_np = map(np.asarray, (tokens, mask, actions))
+    for b in range(B):
+        for t in range(1, T):
+            for n in range(N):
+                if not mask_np[b, t - 1, n]:
+                    expected[b, t, n, tokens_np[b, t - 1, n]] = 1.0 + actions_np[b, t - 1]
+    np.testing.assert_allclose(with_prior - plain, expected, atol=1e-5)
+    np.testing.assert_array_equal(per_action_model.copy_logit[...], np.arange(1.0, A + 1.0))
+    assert len(set(actions_np.reshape(-1).tolist())) > 1  # several actions, several logits
+    # Weights over the actions (co-training's straight-through one-hot) give the same logits.
+    one_hot = jax.nn.one_hot(actions, A)
+    np.testing.assert_allclose(
+        forward(per_action_model, tokens, one_hot, mask), with_prior, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_copy_logit_is_learned(copy_model):
