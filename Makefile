@@ -21,7 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 # Apache Beam (the video-folder builder's cluster path) only for the tests: the demo never
 # needs it and its set-up stays shorter.
 $(BEAM_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[beam]'
+	$(PY) -m pip install --quiet -e '.[coinrun,play,test,beam]'
 	touch $(BEAM_STAMP)
 
 demo: $(STAMP)

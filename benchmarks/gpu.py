@@ -140,8 +140,9 @@ def run(args: argparse.Namespace) -> dict:
         "jax": jax.__version__,
         "config": config.name,
         "dtype": config.dtype,
-        # What attention ran as (the head size of the dynamics model's transformer).
-        "attention": attention_implementation(
+        # The attention asked for (the head size of the dynamics model's transformer); should
+        # cuDNN refuse it while tracing, XLA runs and the log says so.
+        "attention_requested": attention_implementation(
             config.compute_dtype,
             config.dynamics.transformer.width // config.dynamics.transformer.heads,
         ),

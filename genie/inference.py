@@ -4,8 +4,9 @@
     tokens = engine.tokenize(frames)           # uint8 (B, T, H, W, 3) -> (B, T, N)
     frames = engine.generate(prompt, prompt_actions, actions, keys)
 
-Training pictures (`genie.stages`), `genie eval`, `genie probe` and `genie play` (`genie.world`)
-all run a world through an `Engine`: it splits the models into graph definitions and states
+Training pictures (`genie.stages`: the tokenizer's and the dynamics model's; the LAM's show its
+own decoder's predictions), `genie eval`, `genie probe` and `genie play` (`genie.world`) all run
+a world through an `Engine`: it splits the models into graph definitions and states
 once and holds them, in the spirit of the sampler of the Flax examples (one object holding the
 compiled state). Its functions are module-level `jax.jit`s with the graph definitions static, so
 they compile once per model structure, shapes and options, and every engine of the same
@@ -150,7 +151,8 @@ class Engine:
     def window(self) -> int:
         """Frames the tokenizer's causal decoder was built for: longer videos are decoded in a
         sliding window (`decode`)."""
-        return self.models["tokenizer"].decoder.max_frames if "tokenizer" in self.models else 0
+        self._part("tokenizer")
+        return self.models["tokenizer"].decoder.max_frames
 
     # -- tokenizer and LAM ----------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class WorldFunctions:
             tokens, decoded = engine.reconstruct(frames)
             return np.asarray(tokens), np.asarray(decoded)
 
+        engine._part("tokenizer"), engine._part("lam")  # a clear error if one is missing
         return cls(
             num_codes=engine.models["tokenizer"].num_codes,
             num_actions=engine.models["lam"].num_actions,

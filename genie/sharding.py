@@ -48,6 +48,8 @@ def make_mesh(devices=None, *, fsdp_devices: int = 1) -> Mesh:
 def mesh_for(config) -> Mesh:
     """The mesh a run of `config` trains on: with `fsdp`, `fsdp_devices` devices (0: all) on
     the fsdp axis; without, every device on the data axis."""
+    if config.fsdp_devices and not config.fsdp:
+        raise ValueError(f"fsdp_devices {config.fsdp_devices} needs --fsdp")
     fsdp_devices = (config.fsdp_devices or jax.device_count()) if config.fsdp else 1
     return make_mesh(fsdp_devices=fsdp_devices)
 

@@ -168,3 +168,16 @@ def test_distributed_settings_come_from_flags_then_environment(monkeypatch):
     monkeypatch.delenv("JAX_PROCESS_ID")
     with pytest.raises(ValueError, match="--process-id"):
         sharding.initialize_distributed("host0:1234")
+
+
+def test_mesh_axes_and_refused_settings(tmp_path):
+    from genie.sharding import BATCH_AXES, make_mesh, mesh_for
+    from tests.conftest import tiny_config
+
+    mesh = mesh_for(tiny_config(tmp_path))
+    assert mesh.axis_names == BATCH_AXES == ("data", "fsdp")
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 1}  # one CPU device here
+    with pytest.raises(ValueError, match="fsdp_devices 2 needs --fsdp"):
+        mesh_for(tiny_config(tmp_path, fsdp_devices=2))
+    with pytest.raises(ValueError, match="fsdp_devices 2 does not divide the 1 devices"):
+        make_mesh(fsdp_devices=2)

@@ -203,3 +203,14 @@ def test_from_run_loads_a_cotrained_run(cotrained_run, clip):
     world.reset(clip[:2])
     frames = world.rollout([0, 3, 1])
     assert frames.shape == (1, 3, 16, 16, 3) and frames.dtype == np.uint8
+
+
+def test_an_engine_names_the_model_it_lacks(tiny):
+    from genie.inference import Engine, WorldFunctions
+
+    _, models = tiny
+    engine = Engine({"lam": models["lam"]})
+    with pytest.raises(ValueError, match="this engine has no tokenizer"):
+        engine.tokenize(np.zeros((1, 2, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="this engine has no tokenizer"):
+        WorldFunctions.from_engine(engine)

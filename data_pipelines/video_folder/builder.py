@@ -164,6 +164,8 @@ def build_video_folder(
     )
     if clip_frames < 2 or stride < 1:
         raise ValueError(f"need clip_frames >= 2 and stride >= 1, got {clip_frames}, {stride}")
+    if beam_options is not None:
+        _pipeline_options(beam_options)  # Beam installed, flags parse: before any work
     paths = find_sources(root)
     if not paths:
         raise ValueError(
@@ -250,7 +252,12 @@ def build_video_folder(
 def _pipeline_options(beam_options: str):
     import shlex
 
-    from apache_beam.options.pipeline_options import PipelineOptions
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        raise ValueError(
+            "--beam-pipeline-options needs Apache Beam: pip install -e '.[beam]'"
+        ) from None
 
     return PipelineOptions(shlex.split(beam_options))
 
@@ -264,6 +271,7 @@ def _download_config(beam_options: str | None):
 def _decode_with_beam(tasks: list, beam_options: str, out: pathlib.Path) -> list[SourceResult]:
     """Step 1 on Beam: every task's `process_source` result, in task order. The results travel
     back through JSON lines written by the pipeline beside the staged frames."""
+    options = _pipeline_options(beam_options)
     import apache_beam as beam
 
     from data_pipelines.video_folder.sources import process_indexed
@@ -272,7 +280,7 @@ def _decode_with_beam(tasks: list, beam_options: str, out: pathlib.Path) -> list
         index, result = indexed
         return json.dumps({"index": index, **dataclasses.asdict(result)})
 
-    with beam.Pipeline(options=_pipeline_options(beam_options)) as pipeline:
+    with beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
             | "sources" >> beam.Create(tasks)

@@ -78,6 +78,8 @@ class DynamicsModel(nnx.Module):
             output_dtype=jnp.float32,  # logits: softmax and cross-entropy statistics in fp32
             rngs=rngs,
         )
+        if config.copy_per_action and config.copy_logit <= 0:
+            raise ValueError("copy_per_action needs the copy prior: set copy_logit > 0")
         copy_shape = (num_actions,) if config.copy_per_action else ()
         self.copy_logit = (
             nnx.Param(jnp.full(copy_shape, config.copy_logit, param_dtype))

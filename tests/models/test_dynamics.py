@@ -317,3 +317,8 @@ def test_action_weights_embed_like_ids_and_pass_gradients(model):
 
     gradient = jax.grad(loss)(one_hot)
     assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
+
+
+def test_copy_per_action_without_the_copy_prior_is_refused():
+    with pytest.raises(ValueError, match="copy_per_action needs the copy prior"):
+        make_model(config=dataclasses.replace(CONFIG, copy_per_action=True))
