@@ -33,7 +33,7 @@ def get_config():
         data=dataclasses.replace(tiny.data, dataset="coinrun_cpu", clip_frames=12),
         train_tokenizer=longer(tiny.train_tokenizer, 5000),
         train_lam=longer(tiny.train_lam, 3000),
-        train_dynamics=longer(tiny.train_dynamics, 3000),
+        train_dynamics=longer(tiny.train_dynamics, 3000, batch_size=8),
         train_lam_dynamics=longer(tiny.train_lam_dynamics, 3000),
         metadata={"episodes": 1000, "targets": "cpu"},
     )
