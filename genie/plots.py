@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -32,6 +33,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (188, 189, 34),
     (23, 190, 207),
 )
+LEGEND_WIDTH = 26  # characters per legend line of `line_plot`
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 
@@ -207,7 +209,9 @@ def line_plot(
     figure = _figure(width, height)
     axes = figure.add_axes((0.1, 0.14, 0.62, 0.76))
     for index, (name, (x, y)) in enumerate(cleaned.items()):
-        axes.plot(x, y, "-o", color=_color(index), lw=2, ms=5, label=name)
+        # Long names wrap, so the legend stays inside the picture.
+        label = "\n".join(textwrap.wrap(name, LEGEND_WIDTH)) or name
+        axes.plot(x, y, "-o", color=_color(index), lw=2, ms=5, label=label)
     xs = np.concatenate([x[np.isfinite(x)] for x, _ in cleaned.values()])
     if xs.size and np.all(xs == np.round(xs)):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
