@@ -28,6 +28,7 @@ from pathlib import Path
 
 import jax
 
+from experiments.ablations import append_row, latest_rows
 from genie.config import Config, load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,9 +182,7 @@ def run_variant(base: str, name: str, source: Path, extra: list[str], tag: str) 
         "machine": f"{platform.node()} {jax.devices()[0].platform} {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as file:
-        file.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
     write_table()
     return row
 
@@ -193,18 +192,14 @@ def _signed(values) -> str:
 
 
 def write_table() -> None:
-    latest = {}
-    for line in RESULTS.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            latest[row["base"], row["variant"]] = row
+    rows = latest_rows(RESULTS)
     header = (
         "| base | variant | overrides | steps x batch | train s | val acc | "
         "rollout - floor (dB), t=1..4 | ΔtPSNR@4 | reconstruction |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
-    for r in latest.values():
+    for r in rows:
         gap = [a - b for a, b in zip(r["rollout_psnr"], r["floor_psnr"], strict=True)][:4]
         accuracy = r.get("val_masked_accuracy")
         lines.append(
@@ -214,7 +209,7 @@ def write_table() -> None:
             f"{r['delta_psnr_t4'] if r['delta_psnr_t4'] is None else round(r['delta_psnr_t4'], 2)}"
             f" | {r['reconstruction_psnr']:.2f} |"
         )
-    notes = "".join(f"\n- {r['variant']}: {r['note']}" for r in latest.values() if r.get("note"))
+    notes = "".join(f"\n- {r['variant']}: {r['note']}" for r in rows if r.get("note"))
     RESULTS.with_suffix(".md").write_text(
         TABLE_INTRO.format(clips=VALIDATION_CLIPS)
         + header

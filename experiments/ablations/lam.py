@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.ablations import append_row
 from genie import metrics
 from genie.config import Config, load_experiment
 from genie.models.tokenizer import frames_to_unit
@@ -176,9 +177,7 @@ def run_variant(base: str, name: str, overrides: list[str], extra: list[str], ta
         "train_psnr": result["metrics"].get("psnr"),
         **measure(lam, config),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as file:
-        file.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
     write_table()
     return row
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.ablations import append_row, latest_rows
 from genie import metrics
 from genie.config import Config, load_experiment
 
@@ -215,9 +216,7 @@ def run_variant(
         "train_psnr": trained.get("train_psnr"),
         **measure(tokenizer, config, eval_dataset or config.data.dataset),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as file:
-        file.write(json.dumps(row) + "\n")
+    append_row(RESULTS, row)
     write_table()
     return row
 
@@ -234,13 +233,7 @@ def _edge_interior(row: dict) -> str:
 
 
 def write_table() -> None:
-    # The latest measurement of each variant (a re-measured variant keeps its history above).
-    latest = {}
-    for line in RESULTS.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            latest[row["base"], row["variant"]] = row
-    rows = list(latest.values())
+    rows = latest_rows(RESULTS)
     header = (
         "| base | variant | overrides | steps x batch | params | train s (CPU s) | "
         "train PSNR | val PSNR | edge / interior | codes used | perplexity |\n"
