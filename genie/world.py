@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from genie.config import MODELS, Config
-from genie.inference import Engine, trace_counts  # noqa: F401 (trace_counts: tests read it)
+from genie.inference import Engine
 from genie.media import fit_frames, read_prompt_file
 from genie.models.lam import check_actions
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genie import world as world_module
+from genie import inference
 from genie.config import load_config
 from genie.models.maskgit import rollout as maskgit_rollout
 from genie.world import World
@@ -40,9 +40,9 @@ def test_step_shapes_determinism_and_no_recompilation(tiny, clip):
     assert first.shape == (16, 16, 3) and first.dtype == np.uint8
     actions = [0, 1, 2, 3, 1, 2, 0]  # T + 3 steps: the context fills, then slides 4 times
     frames = [world.step(actions[0])]
-    traced = world_module.trace_counts["step"]
+    traced = inference.trace_counts["step"]
     frames += [world.step(a) for a in actions[1:]]
-    assert world_module.trace_counts["step"] == traced, "a later step recompiled"
+    assert inference.trace_counts["step"] == traced, "a later step recompiled"
     assert world.context_tokens[2] == T
     for frame in frames:
         assert frame.shape == (16, 16, 3) and frame.dtype == np.uint8
@@ -56,7 +56,7 @@ def test_step_shapes_determinism_and_no_recompilation(tiny, clip):
     np.testing.assert_array_equal(again.rollout(np.array([actions]))[0], np.stack(frames))
     world.reset(clip[:1])
     np.testing.assert_array_equal(world.rollout(actions)[0], np.stack(frames))
-    assert world_module.trace_counts["step"] == traced
+    assert inference.trace_counts["step"] == traced
 
 
 def test_tokens_match_maskgit_rollout_through_the_sliding_window(tiny, clip):

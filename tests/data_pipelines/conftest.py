@@ -11,6 +11,15 @@ COINRUN_EPISODES = 10  # levels 0..9: level 8 is validation, level 9 is test
 COINRUN_CLIP_FRAMES = 4
 VIDEO_SIZE = 16
 VIDEO_CLIP_FRAMES = 4
+# How `video_data` is built from `video_source_dir` (the Beam build test repeats it).
+VIDEO_BUILD = dict(
+    fps=10,
+    size=VIDEO_SIZE,
+    clip_frames=VIDEO_CLIP_FRAMES,
+    stride=2,
+    validation_fraction=0.3,
+    test_fraction=0.3,
+)
 
 
 def moving_square(
@@ -89,12 +98,7 @@ def video_data(tmp_path_factory, video_source_dir) -> tuple[str, pathlib.Path, p
     path = build_video_folder(
         video_source_dir,
         "videos_test",
-        fps=10,
-        size=VIDEO_SIZE,
-        clip_frames=VIDEO_CLIP_FRAMES,
-        stride=2,
-        validation_fraction=0.3,
-        test_fraction=0.3,
+        **VIDEO_BUILD,
         data_dir=data_dir,
         workers=1,
         verbose=False,

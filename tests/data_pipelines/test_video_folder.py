@@ -11,7 +11,12 @@ from data_pipelines.video_folder.sources import (
     moving_shares,
     select_clips,
 )
-from tests.data_pipelines.conftest import VIDEO_CLIP_FRAMES, VIDEO_SIZE, moving_square
+from tests.data_pipelines.conftest import (
+    VIDEO_BUILD,
+    VIDEO_CLIP_FRAMES,
+    VIDEO_SIZE,
+    moving_square,
+)
 
 
 def _report(video_data):
@@ -161,12 +166,7 @@ def test_a_beam_directrunner_build_equals_the_in_process_build(
     beam_path = build_video_folder(
         video_source_dir,
         "videos_beam",
-        fps=10,
-        size=VIDEO_SIZE,
-        clip_frames=VIDEO_CLIP_FRAMES,
-        stride=2,
-        validation_fraction=0.3,
-        test_fraction=0.3,
+        **VIDEO_BUILD,
         data_dir=tmp_path,
         beam_options="--runner=DirectRunner",
         verbose=False,
