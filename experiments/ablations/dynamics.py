@@ -83,8 +83,8 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    about 0.
 3. A higher learning rate (3e-3) restores some action use (ΔtPSNR 0.19-0.32) at the same
    rollout quality; adding the action to every patch token (`act`) changed nothing measurable.
-4. Training longer is what pays most: 1600 steps give -0.9, +0.4, +0.8, +0.8 dB and ΔtPSNR
-   0.58.
+4. Training longer is what pays most: 1600 steps at batch 8 (with `act`, which alone changed
+   nothing) give -0.9, +0.4, +0.8, +0.8 dB and ΔtPSNR 0.58.
 5. Within the demo's time, more and smaller steps (1600 x 4, the same frames as 800 x 8) made
    the actions matter more on both seeds (ΔtPSNR 0.42 and 0.37 against 0.19 and 0.12) at
    about the same rollout quality (t=1: -1.44 and -1.19 against -1.06 and -1.12): the demo's
