@@ -66,18 +66,34 @@ _CHANGED_PIXEL_THRESHOLD = 0.05
 _CENTRE_TAP_LOGIT = 4.0
 
 
+def _offsets(size: int) -> list[tuple[int, int]]:
+    """The S x S offsets (dy, dx) in -S//2..S//2, row-major, as indices into a frame padded by
+    S//2: the order of the last axis of `shifted_copies`, of kernels and of cost volumes."""
+    return [(dy, dx) for dy in range(size) for dx in range(size)]
+
+
+def _pad_edges(frames: jax.Array, size: int) -> jax.Array:
+    radius = size // 2
+    return jnp.pad(
+        frames, ((0, 0), (0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge"
+    )
+
+
 def shifted_copies(frames: jax.Array, size: int) -> jax.Array:
     """(B, T, H, W, C) -> (B, T, H, W, C, S*S): copy k is frames[y+dy, x+dx] for the k-th
     row-major offset (dy, dx) in -S//2..S//2, the frame extended by its edge pixels."""
-    radius = size // 2
     height, width = frames.shape[2], frames.shape[3]
-    padded = jnp.pad(
-        frames, ((0, 0), (0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge"
-    )
-    copies = [
-        padded[:, :, dy : dy + height, dx : dx + width] for dy in range(size) for dx in range(size)
-    ]
+    padded = _pad_edges(frames, size)
+    copies = [padded[:, :, dy : dy + height, dx : dx + width] for dy, dx in _offsets(size)]
     return jnp.stack(copies, axis=-1)
+
+
+def _per_patch(pixels: jax.Array, patch_size: int) -> jax.Array:
+    """(B, T, H, W, C) -> (B, T, H/P, P, W/P, P, C): a view in which a patch's pixels share
+    the indices of axes 2 and 4 (a reshape: no data moves)."""
+    b, t, h, w, c = pixels.shape
+    p = patch_size
+    return pixels.reshape(b, t, h // p, p, w // p, p, c)
 
 
 def resample(frames: jax.Array, kernels: jax.Array, patch_size: int) -> jax.Array:
@@ -87,14 +103,20 @@ def resample(frames: jax.Array, kernels: jax.Array, patch_size: int) -> jax.Arra
     neighbourhood (the offsets of `shifted_copies`), one per patch of `patch_size` -> (B, T, H,
     W, C): out[y, x] = sum over (dy, dx) of kernel[patch of (y, x)][dy, dx] * frames[y+dy, x+dx].
     A one-hot kernel at offset (0, -1) shifts the patch's content one pixel to the right.
+
+    One weighted sum over the S*S shifted views, which XLA fuses into one pass: the S*S
+    shifted copies (25x the frames) are never stored, here or in the gradient.
     """
     size = math.isqrt(kernels.shape[-1])
-    height, width = frames.shape[2], frames.shape[3]
-    grid = rearrange(
-        kernels, "b t (h w) k -> b t h w k", h=height // patch_size, w=width // patch_size
-    )
-    weights = jnp.repeat(jnp.repeat(grid, patch_size, axis=2), patch_size, axis=3)
-    return jnp.einsum("bthwck,bthwk->bthwc", shifted_copies(frames, size), weights)
+    b, t, height, width, c = frames.shape
+    p = patch_size
+    grid = kernels.reshape(b, t, height // p, 1, width // p, 1, 1, size * size)
+    padded = _pad_edges(frames, size)
+    out = jnp.zeros(_per_patch(frames, p).shape, jnp.result_type(frames, kernels))
+    for k, (dy, dx) in enumerate(_offsets(size)):
+        moved = _per_patch(padded[:, :, dy : dy + height, dx : dx + width], p)
+        out = out + moved * grid[..., k]
+    return out.reshape(frames.shape)
 
 
 def motion_costs(pixels: jax.Array, patch_size: int, size: int) -> jax.Array:
@@ -102,12 +124,17 @@ def motion_costs(pixels: jax.Array, patch_size: int, size: int) -> jax.Array:
     form): (B, T, H, W, C) float -> (B, T, N, S*S), for frame t >= 1 and each offset (dy, dx)
     of `shifted_copies`, the mean squared error of x_{t-1} moved by that offset against x_t
     over each patch, standardised over the offsets; zero for frame 0. Motion becomes an input
-    the encoder reads instead of something it must learn to compute."""
-    moved = shifted_copies(pixels[:, :-1], size)  # (B, T-1, H, W, C, S*S)
-    error = (moved - pixels[:, 1:, ..., None]) ** 2
-    error = rearrange(
-        error.mean(axis=4), "b t (h p) (w q) k -> b t (h w) k (p q)", p=patch_size, q=patch_size
-    ).mean(-1)
+    the encoder reads instead of something it must learn to compute. Each offset's error is
+    reduced over its patches as it is computed (no S*S copies of the frames are stored)."""
+    previous, following = pixels[:, :-1], pixels[:, 1:]
+    b, t, height, width, _ = following.shape
+    padded = _pad_edges(previous, size)
+    errors = []
+    for dy, dx in _offsets(size):
+        moved = padded[:, :, dy : dy + height, dx : dx + width]
+        error = _per_patch((moved - following) ** 2, patch_size).mean(axis=(3, 5, 6))
+        errors.append(error.reshape(b, t, -1))
+    error = jnp.stack(errors, axis=-1)  # (B, T-1, N, S*S)
     centred = error - error.mean(-1, keepdims=True)
     scaled = centred / (jnp.sqrt(jnp.mean(centred**2, -1, keepdims=True)) + 1e-6)
     return jnp.concatenate([jnp.zeros_like(scaled[:, :1]), scaled], axis=1)
@@ -188,8 +215,19 @@ class LatentActionModel(nnx.Module):
         if frames.shape[1] < 2:
             raise ValueError(f"inferring actions needs at least 2 frames, got {frames.shape[1]}")
 
-    def encode(self, frames: jax.Array) -> jax.Array:
-        """(B, T, H, W, C) uint8 -> (B, T-1, E) continuous latent actions."""
+    def motion(self, frames: jax.Array) -> jax.Array | None:
+        """(B, T, H, W, C) uint8 -> (B, T, N, S*S) cost volume of each frame against the one
+        before (`motion_costs`; zero for frame 0), or None without `motion_size`. Frame t's
+        costs depend on x_{t-1} and x_t only, so the encoder's costs for a clip, cut before its
+        last frame, are the decoder's: `__call__` computes them once for both."""
+        if not self.motion_size:
+            return None
+        pixels = frames_to_unit(frames) * 2.0 - 1.0
+        return motion_costs(pixels, self.patch_size, self.motion_size)
+
+    def encode(self, frames: jax.Array, motion: jax.Array | None = None) -> jax.Array:
+        """(B, T, H, W, C) uint8 -> (B, T-1, E) continuous latent actions. `motion`: the
+        clip's `self.motion(frames)` where already computed."""
         self._check(frames)
         pixels = frames_to_unit(frames) * 2.0 - 1.0
         patches = patchify(pixels, self.patch_size)  # (B, T, N, P*P*C)
@@ -197,7 +235,7 @@ class LatentActionModel(nnx.Module):
             change = jnp.diff(patches, axis=1, prepend=patches[:, :1])  # frame 0: zero change
             patches = jnp.concatenate([patches, change], axis=-1)
         if self.motion_size:
-            costs = motion_costs(pixels, self.patch_size, self.motion_size)
+            costs = self.motion(frames) if motion is None else motion
             patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
         features = self.encoder(patches)  # (B, T, N, D)
         # Transition t -> t+1 is read at frame t+1+L (capped), whose outputs have seen
@@ -207,18 +245,21 @@ class LatentActionModel(nnx.Module):
         pooled = features[:, read_at].astype(jnp.float32).mean(axis=2)
         return self.action_projection(pooled)
 
-    def decode(self, frames: jax.Array, latent_actions: jax.Array) -> jax.Array:
+    def decode(
+        self, frames: jax.Array, latent_actions: jax.Array, motion: jax.Array | None = None
+    ) -> jax.Array:
         """Frames (B, T, H, W, C) uint8 and (B, T-1, E) unit-norm actions -> (B, T-1, H, W, C).
 
         Output t predicts frames[:, t+1] from frames[:, :t+1] and latent_actions[:, :t+1]
         (decoder_context "all") or from frames[:, t] and latent_actions[:, t] alone ("last").
+        `motion`: the clip's `self.motion(frames)` where already computed.
         """
         context = frames_to_unit(frames[:, :-1])
         patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
         if self.decoder_motion:
             # Frame t's costs compare x_{t-1} with x_t (zero for the first frame): the motion
             # so far, never the motion to come.
-            costs = motion_costs(context * 2.0 - 1.0, self.patch_size, self.motion_size)
+            costs = self.motion(frames[:, :-1]) if motion is None else motion[:, :-1]
             patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
         # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
         # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so
@@ -251,24 +292,29 @@ class LatentActionModel(nnx.Module):
         _, actions, _ = self.vq(self.encode(frames), training=False)
         return actions
 
-    def reconstruct(self, frames: jax.Array, actions: jax.Array) -> jax.Array:
-        """(B, T, H, W, C) uint8 frames, (B, T-1) int32 actions -> predictions of frames[:, 1:]."""
+    def reconstruct(
+        self, frames: jax.Array, actions: jax.Array, motion: jax.Array | None = None
+    ) -> jax.Array:
+        """(B, T, H, W, C) uint8 frames, (B, T-1) int32 actions -> predictions of frames[:, 1:].
+        `motion`: the clip's `self.motion(frames)` where already computed."""
         self._check(frames)
         expected = (frames.shape[0], frames.shape[1] - 1)
         if actions.shape != expected:
             raise ValueError(f"expected actions of shape {expected}, got {tuple(actions.shape)}")
         check_actions(actions, self.num_actions)
-        return self.decode(frames, self.vq.lookup(actions))
+        return self.decode(frames, self.vq.lookup(actions), motion)
 
     def __call__(
         self, frames: jax.Array, *, training: bool = False, key: jax.Array | None = None
     ) -> dict[str, jax.Array]:
         """(B, T, H, W, C) uint8 -> reconstruction (B, T-1, H, W, C), actions (B, T-1), VQ aux."""
-        latent = self.encode(frames)
+        motion = self.motion(frames)
+        latent = self.encode(frames, motion)
         quantized, actions, aux = self.vq(latent, training=training, key=key)
         if self.bottleneck == "continuous":
             quantized = l2_normalize(latent.astype(jnp.float32))
-        return {"reconstruction": self.decode(frames, quantized), "actions": actions, **aux}
+        reconstruction = self.decode(frames, quantized, motion)
+        return {"reconstruction": reconstruction, "actions": actions, "motion": motion, **aux}
 
     def reset_dead_codes(self, key: jax.Array) -> jax.Array:
         return self.vq.reset_dead_codes(key)
@@ -310,7 +356,8 @@ def lam_loss(
     loss = reconstruction + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)
-    random_prediction = jax.lax.stop_gradient(model.reconstruct(frames, random_actions))
+    random_prediction = model.reconstruct(frames, random_actions, out["motion"])
+    random_prediction = jax.lax.stop_gradient(random_prediction)
     random_mse = jnp.mean((random_prediction - target) ** 2)
     usage = out["usage"]
     metrics = {

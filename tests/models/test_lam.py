@@ -388,3 +388,57 @@ def test_decoder_motion_reads_the_motion_so_far_and_never_the_frame_it_predicts(
         np.testing.assert_array_equal(later[:, :k], base[:, :k])
     with pytest.raises(ValueError, match="motion_size"):
         make_variant(decoder_motion=True)
+
+
+def test_resample_and_motion_costs_equal_their_definitions_by_hand():
+    """The fused per-offset sums against plain loops over pixels and offsets (NumPy)."""
+    from genie.models.lam import motion_costs, resample
+
+    rng = np.random.default_rng(0)
+    frames = rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32)
+    kernels = rng.dirichlet(np.ones(9), (2, 3, 4)).astype(np.float32)  # 3x3, 2x2 patches of 4
+    padded = np.pad(frames, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    offsets = [(dy, dx) for dy in range(3) for dx in range(3)]
+    expected = np.zeros_like(frames)
+    for y in range(8):
+        for x in range(8):
+            patch = (y // 4) * 2 + x // 4
+            for k, (dy, dx) in enumerate(offsets):
+                expected[:, :, y, x] += kernels[:, :, patch, k, None] * padded[:, :, y + dy, x + dx]
+    out = resample(jnp.asarray(frames), jnp.asarray(kernels), 4)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    # d(sum out * g)/d kernel[patch, k] = sum over the patch of g * the k-th shifted copy.
+    g = rng.normal(size=frames.shape).astype(np.float32)
+    grad = jax.grad(lambda k: jnp.sum(resample(jnp.asarray(frames), k, 4) * g))(
+        jnp.asarray(kernels)
+    )
+    expected_grad = np.zeros_like(kernels)
+    for k, (dy, dx) in enumerate(offsets):
+        product = (g * padded[:, :, dy : dy + 8, dx : dx + 8]).sum(-1)
+        expected_grad[..., k] = product.reshape(2, 3, 2, 4, 2, 4).sum((3, 5)).reshape(2, 3, 4)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+    costs = np.asarray(motion_costs(jnp.asarray(frames), 4, 3))
+    error = np.zeros((2, 2, 4, 9))
+    for k, (dy, dx) in enumerate(offsets):
+        squared = (padded[:, :-1, dy : dy + 8, dx : dx + 8] - frames[:, 1:]) ** 2
+        error[..., k] = squared.mean(-1).reshape(2, 2, 2, 4, 2, 4).mean((3, 5)).reshape(2, 2, 4)
+    centred = error - error.mean(-1, keepdims=True)
+    standardised = centred / (np.sqrt((centred**2).mean(-1, keepdims=True)) + 1e-6)
+    np.testing.assert_allclose(costs[:, 1:], standardised, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(costs[:, 0], 0.0)
+
+
+def test_training_forward_shares_one_cost_volume_with_the_decoder():
+    """`__call__` computes the clip's motion once; the decoder's slice of it must be what the
+    decoder computes on its own from x_0..x_{T-2}, or the prediction would read x_{T-1}."""
+    model = make_variant(decoder_context="last", motion_size=3, decoder_motion=True)
+    frames = make_frames()
+    out = nnx.jit(lambda m, f: m(f))(model, frames)
+    alone = reconstruct(model, frames, out["actions"])
+    np.testing.assert_allclose(out["reconstruction"], alone, rtol=1e-6, atol=1e-6)
+    changed = frames.at[:, -1].set(255 - frames[:, -1])
+    moved = nnx.jit(lambda m, f, a: m.decode(f, m.vq.lookup(a), m.motion(f)))(
+        model, changed, out["actions"]
+    )
+    np.testing.assert_allclose(moved, alone, rtol=1e-6, atol=1e-6)
