@@ -36,7 +36,13 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "ablations" / "lam.jsonl"
 
 # Each option is a named set of `genie train` overrides. A variant joins option names with "_"
-# ("last_kernels_motion_rel"); "genie" is none of them, Genie's own LAM.
+# ("last_kernels_motion_rel"); "defaults" is the base's LAM unchanged; "genie" is Genie's own
+# LAM: every option the base turns on (coinrun_tiny's chosen ones) turned off again.
+GENIE_LAM = [
+    *["--lam.decoder-context", "all", "--lam.decoder-output", "pixels"],
+    *["--lam.motion-size", "0", "--lam.no-decoder-motion", "--lam.center-weight", "0"],
+    *["--lam.reconstruction-loss", "mse"],
+]
 OPTIONS: dict[str, list[str]] = {
     "last": ["--lam.decoder-context", "last"],
     "kernels": ["--lam.decoder-output", "kernels"],
@@ -60,9 +66,12 @@ OPTIONS: dict[str, list[str]] = {
 
 
 def variant_overrides(variant: str) -> list[str]:
-    """ "last_kernels" -> the overrides of options "last" then "kernels"; "genie" -> []."""
-    if variant == "genie":
+    """ "last_kernels" -> the overrides of options "last" then "kernels"; "defaults" -> [];
+    "genie" -> GENIE_LAM."""
+    if variant == "defaults":
         return []
+    if variant == "genie":
+        return list(GENIE_LAM)
     names = variant.split("_")
     unknown = [name for name in names if name not in OPTIONS]
     if unknown:
@@ -220,8 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", default="coinrun_tiny", help="experiment the variants modify")
     parser.add_argument(
         "--variants",
-        default="genie",
-        help='comma-separated variants, each OPTIONS names joined by "_" or "genie"',
+        default="defaults",
+        help='comma-separated variants: OPTIONS names joined by "_", "defaults" or "genie"',
     )
     parser.add_argument(
         "--tag", default="", help="names extra overrides (e.g. lr3e-3) in the run folder"
@@ -231,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args, extra = parser.parse_known_args(argv)
     if args.list:
-        print("genie                Genie's LAM (no option)")
+        print("defaults             the base's LAM as it is")
+        print(f"genie                Genie's LAM: {' '.join(GENIE_LAM)}")
         for name, overrides in OPTIONS.items():
             print(f"{name:20s} {' '.join(overrides)}")
         print('variants join options with "_", e.g. last_kernels_motion_rel')
