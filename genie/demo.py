@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> None:
     for number, stage in enumerate(stages, start=1):
         print(f"== 2/3 training {stage} ({number}/{len(stages)}) in {config.run_path / stage}")
         result = train(config, stage)
+        if result["stopped"]:
+            # The stage saved where it stopped; the next one must not start from a half-trained
+            # model (the dynamics model reads the tokenizer and the LAM).
+            raise SystemExit(
+                f"{result['stopped']} received: {stage} saved in {result['folder']}; run the "
+                "same command again to resume"
+            )
         shown = {k: round(v, 4) for k, v in result["metrics"].items() if k != "codes_reset"}
         print(f"   last metrics: {shown}")
 

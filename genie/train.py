@@ -287,7 +287,8 @@ def train(
     support grain checkpointing if resume of the data order matters. `validation_frames`
     (M, T, H, W, 3) uint8, M a multiple of the batch size, overrides the validation clips
     (read from the dataset's validation split when the dataset is read). Returns the last
-    metrics, the logged history, the folder and the layout (shape and sharding of every array
+    metrics, the logged history, the folder, `stopped` (the stop signal that ended the run
+    early after saving, e.g. "SIGTERM", else None) and the layout (shape and sharding of every array
     of the trained and the frozen state, as the loop placed them).
     """
     if stage not in STAGES:
@@ -394,6 +395,7 @@ def train(
             f"{folder / 'checkpoints'}"
         )
 
+    stopped = None
     try:
         with _StopRequest() as stop:
             for step in range(start, train_config.steps):
@@ -463,8 +465,8 @@ def train(
                     checkpoint.save(manager, done, models, optimizers, data_iterator, config)
                     last_saved = done
                 if stopping:
-                    reason = stop.signal or "a stop signal to another process"
-                    log.warning("%s received: saved step %d in %s", reason, done, folder)
+                    stopped = stop.signal or "a stop signal to another process"
+                    log.warning("%s received: saved step %d in %s", stopped, done, folder)
                     break
             if pending is not None:
                 check_finite(*pending)
@@ -476,7 +478,13 @@ def train(
         "trained": [(x.shape, x.sharding) for x in jax.tree.leaves(state)],
         "frozen": [(x.shape, x.sharding) for x in jax.tree.leaves(frozen_state or {})],
     }
-    return {"metrics": metrics, "history": history, "folder": folder, "layout": layout}
+    return {
+        "metrics": metrics,
+        "history": history,
+        "folder": folder,
+        "stopped": stopped,
+        "layout": layout,
+    }
 
 
 def _save_images(writer, stage, graphdef, state, frozen, frames, image_key, step, mesh):
@@ -571,6 +579,12 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     stage, config = parse_args(sys.argv[1:] if argv is None else argv)
     result = train(config, stage)
+    if result["stopped"]:
+        # Not "trained": a job script must be able to tell a preempted run from a finished one.
+        raise SystemExit(
+            f"{result['stopped']} received: {stage} saved in {result['folder']}; run the same "
+            "command again to resume"
+        )
     print(f"{stage} trained: {result['folder']}")
 
 

@@ -76,3 +76,23 @@ def test_targets_table_reads_the_test_reports_and_marks_each_target(tmp_path):
     # Gaps -0.5, +0.5, -1.5, -0.5: t=3 is more than 1 dB below repeating the last frame.
     gaps = rows["rollout (inferred actions) minus repeat-last-frame, dB by t"]
     assert gaps[0] == "-0.50, +0.50, -1.50, -0.50" and gaps[2] == "**no** |"
+
+
+def test_a_stopped_stage_ends_the_demo_before_the_next_stage(tmp_path, monkeypatch):
+    """SIGTERM or Ctrl-C saves the stage it hits; the demo must then stop, not train the next
+    stage on a half-trained model."""
+    import data_pipelines.coinrun
+    import genie.train
+    from genie import demo
+
+    monkeypatch.setattr(data_pipelines.coinrun, "build_coinrun", lambda *a, **k: None)
+    started = []
+
+    def fake_train(config, stage):
+        started.append(stage)
+        return {"metrics": {}, "folder": tmp_path / stage, "stopped": "SIGINT"}
+
+    monkeypatch.setattr(genie.train, "train", fake_train)
+    with pytest.raises(SystemExit, match="SIGINT received: tokenizer saved in .*tokenizer; run"):
+        demo.main(["--data-dir", str(tmp_path)])
+    assert started == ["tokenizer"]

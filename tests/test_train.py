@@ -60,7 +60,8 @@ def test_resumed_run_matches_uninterrupted(tmp_path, stage):
 
     halves = tiny_config(tmp_path / "halves")
     interrupted = InterruptAfter(synthetic_iterator(clips, 4), count=2)
-    train(halves, stage, data_iterator=interrupted, progress=False)
+    stopped = train(halves, stage, data_iterator=interrupted, progress=False)
+    assert stopped["stopped"] == "SIGTERM"
     assert checkpoint.checkpoint_manager(tmp_path / "halves" / stage).latest_step() == 2
     # A fresh iterator: the data position must come back from the checkpoint.
     train(halves, stage, data_iterator=synthetic_iterator(clips, 4), progress=False)
