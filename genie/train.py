@@ -288,8 +288,8 @@ def train(
     (M, T, H, W, 3) uint8, M a multiple of the batch size, overrides the validation clips
     (read from the dataset's validation split when the dataset is read). Returns the last
     metrics, the logged history, the folder, `stopped` (the stop signal that ended the run
-    early after saving, e.g. "SIGTERM", else None) and the layout (shape and sharding of every array
-    of the trained and the frozen state, as the loop placed them).
+    early after saving, e.g. "SIGTERM", else None) and the layout (shape and sharding of every
+    array of the trained and the frozen state, as the loop placed them).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
