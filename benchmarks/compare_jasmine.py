@@ -45,7 +45,6 @@ import json
 import platform
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,7 +55,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from benchmarks.train import benchmark_stage
+from benchmarks.train import benchmark_stage, time_step
 from genie.config import STAGES, Config, load_experiment
 
 JASMINE_COMMIT = "420859b"
@@ -198,28 +197,20 @@ def jasmine_model(jasmine: SimpleNamespace, config: Config, stage: str, rngs: nn
             f"{prefix}num_heads": transformer.heads,
         }
 
-    if stage == "tokenizer":
+    if stage in ("tokenizer", "lam"):
+        cls, section, dropout = {
+            "tokenizer": (jasmine.TokenizerVQVAE, tokenizer, TOKENIZER_CODEBOOK_DROPOUT),
+            "lam": (jasmine.LatentActionModel, lam, 0.0),
+        }[stage]
         return _construct(
-            jasmine.TokenizerVQVAE,
+            cls,
             in_dim=3,
-            latent_dim=tokenizer.code_dim,
-            num_latents=tokenizer.num_codes,
-            patch_size=tokenizer.patch_size,
+            latent_dim=section.code_dim,
+            num_latents=section.num_codes,
+            patch_size=section.patch_size,
             dropout=0.0,
-            codebook_dropout=TOKENIZER_CODEBOOK_DROPOUT,
-            **block(tokenizer.encoder),
-            **precision,
-        )
-    if stage == "lam":
-        return _construct(
-            jasmine.LatentActionModel,
-            in_dim=3,
-            latent_dim=lam.code_dim,
-            num_latents=lam.num_codes,
-            patch_size=lam.patch_size,
-            dropout=0.0,
-            codebook_dropout=0.0,
-            **block(lam.encoder),
+            codebook_dropout=dropout,
+            **block(section.encoder),
             **precision,
         )
     if stage == "dynamics":
@@ -337,18 +328,7 @@ def benchmark_jasmine(jasmine: SimpleNamespace, config: Config, stage: str, step
     batch, data = config.train(stage).batch_size, config.data
     shape = (batch, data.clip_frames, data.image_size, data.image_size, 3)
     frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
-    key = jax.random.key(0)
-    compiled = step_fn.lower(state, frozen_state, frames, key).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    state, loss = compiled(state, frozen_state, frames, key)  # warm-up
-    jax.block_until_ready(loss)
-    start = time.perf_counter()
-    for i in range(steps):
-        state, loss = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
-    jax.block_until_ready(loss)
-    seconds = (time.perf_counter() - start) / steps
+    seconds, flops, loss = time_step(step_fn, state, frozen_state, frames, steps)
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"the peer's {stage} loss is not finite: {loss}")
     return {

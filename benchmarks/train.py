@@ -33,6 +33,24 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
+def time_step(step_fn, state, frozen_state, frames, steps: int):
+    """Compiles `step_fn(state, frozen_state, frames, key) -> (state, out)` (which donates
+    `state`), runs it once to warm up, then `steps` times on the same frames with a new key
+    each. Returns (seconds per step, FLOPs per step from XLA's cost analysis, the last out)."""
+    key = jax.random.key(0)
+    compiled = step_fn.lower(state, frozen_state, frames, key).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    state, out = compiled(state, frozen_state, frames, key)  # warm-up
+    jax.block_until_ready(out)
+    start = time.perf_counter()
+    for i in range(steps):
+        state, out = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps, flops, out
+
+
 def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | None) -> dict:
     train = config.train(stage)
     if batch_size:
@@ -63,18 +81,7 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
     frames = jax.device_put(
         np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), batch_sharding(mesh)
     )
-    key = jax.random.key(0)
-    compiled = step_fn.lower(state, frozen_state, frames, key).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
-    state, metrics = compiled(state, frozen_state, frames, key)  # warm-up
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for i in range(steps):
-        state, metrics = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - start) / steps
+    seconds, flops, _ = time_step(step_fn, state, frozen_state, frames, steps)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(models, nnx.Param)))
     peak = peak_flops(jax.devices()[0])
     return {
