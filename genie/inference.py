@@ -260,7 +260,8 @@ class WorldFunctions:
             tokens, decoded = engine.reconstruct(frames)
             return np.asarray(tokens), np.asarray(decoded)
 
-        engine._part("tokenizer"), engine._part("lam")  # a clear error if one is missing
+        for name in ("tokenizer", "lam"):
+            engine._part(name)  # a clear error if one is missing
         return cls(
             num_codes=engine.models["tokenizer"].num_codes,
             num_actions=engine.models["lam"].num_actions,
