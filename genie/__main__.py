@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from genie import cli
+from genie import cli, host_memory
 
 VERBS = {
     "demo": ("genie.demo", "build a small CoinRun dataset and train all three stages on it"),
@@ -23,7 +23,9 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the command line itself, not a call from Python
+        host_memory.reexec_with_huge_pages(sys.argv[1:])
+        argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
