@@ -18,12 +18,13 @@ from genie.config import (
 
 def get_config() -> Config:
     small = TransformerConfig(width=64, depth=2, heads=4, mlp_ratio=4.0)
-    # 2500 steps, not 1500: on validation the codes tell left from right twice as well (NMI
-    # with left/none/right 0.054 against 0.022; held-out probe 0.48 against 0.43, chance 0.37;
-    # docs/ablations/lam.md, `defaults+s2500`), for 1.6 more minutes.
+    # 2800 steps, not 1500: on validation the codes tell left from right twice as well at 2500
+    # (NMI with left/none/right 0.054 against 0.022; held-out probe 0.48 against 0.43, chance
+    # 0.37; docs/ablations/lam.md, `defaults+s2500`); 300 more since huge pages
+    # (genie/host_memory.py) made every step faster.
     lam_schedule = TrainConfig(
         batch_size=8,
-        steps=2500,
+        steps=2800,
         learning_rate=1e-3,
         warmup_steps=50,
         image_every=500,
@@ -70,26 +71,27 @@ def get_config() -> Config:
         # 0.12-0.19 at 800 x 8, same compute.
         dynamics=DynamicsConfig(transformer=small, maskgit_steps=8, copy_logit=6.0),
         # More, smaller steps reconstruct better per CPU-second (docs/ablations/tokenizer.md:
-        # validation PSNR 21.1 dB at 2000 x 4 against 20.3 at 1200 x 4 and 19.7 at 600 x 8).
+        # validation PSNR 21.1 dB at 2000 x 4 against 20.3 at 1200 x 4 and 19.7 at 600 x 8),
+        # and more of them still helped: 2600 since huge pages made steps faster.
         train_tokenizer=TrainConfig(
             batch_size=4,
-            steps=2000,
+            steps=2600,
             learning_rate=1e-3,
             warmup_steps=100,
-            image_every=1000,
-            checkpoint_every=1000,
+            image_every=1300,
+            checkpoint_every=1300,
         ),
         train_lam=lam_schedule,
-        # 1600 x 8: the dynamics ablation's best row on validation (rollout minus repeat-last-
-        # frame -0.9, +0.4, +0.8, +0.8 dB at t = 1..4, ΔtPSNR@4 0.58 dB), affordable since the
-        # LAM's fused resampling made its stage 2.6x faster.
+        # 1600 x 8 was the dynamics ablation's best row on validation (rollout minus repeat-
+        # last-frame -0.9, +0.4, +0.8, +0.8 dB at t = 1..4, ΔtPSNR@4 0.58 dB; more steps won
+        # throughout that table); 1900 since huge pages made steps faster.
         train_dynamics=TrainConfig(
             batch_size=8,
-            steps=1600,
+            steps=1900,
             learning_rate=3e-3,
             warmup_steps=50,
-            image_every=800,
-            checkpoint_every=800,
+            image_every=950,
+            checkpoint_every=950,
         ),
         # `genie train lam_dynamics` (co-training, instead of the lam and dynamics stages): the
         # LAM's schedule, which the dynamics model shares.
