@@ -1,13 +1,13 @@
-"""Transparent huge pages for XLA's host buffers: up to 1.6x faster training on CPU.
+"""Transparent huge pages for XLA's host buffers: about 1.3x faster training on CPU.
 
 XLA's CPU runtime allocates each step's large temporaries with malloc, and glibc serves every
 allocation above its mmap threshold (32 MiB at most) from a fresh mapping, which the kernel then
-fills one 4 KiB page fault at a time, every step. On this project's 2-core VM that was about a
-quarter of all CPU time in training. With the glibc tunable `glibc.malloc.hugetlb=1` (glibc
-2.35 and later) malloc marks its mappings for transparent huge pages, which the kernel's default
-setting (`madvise`) grants: 2 MiB per fault. Measured on the 2-core AMD EPYC VM (frames/s,
-`python -m benchmarks.train --configs coinrun_tiny`): LAM 703 -> 942, dynamics 599 -> 962, the
-small tokenizer unchanged (its buffers fit under the threshold); the patch-4 width-128
+fills one 4 KiB page fault at a time, every step: a quarter of all CPU time in training on this
+project's 2-core VM. With the glibc tunable `glibc.malloc.hugetlb=1` (glibc 2.35 and later)
+malloc marks its mappings for transparent huge pages, which the kernel's default setting
+(`madvise`) grants: 2 MiB per fault. Measured on the 2-core AMD EPYC VM (frames/s, 50 timed
+steps, two runs each, `python -m benchmarks.train --configs coinrun_tiny`): tokenizer 465, 442
+-> 634, 530; LAM 752, 737 -> 981, 936; dynamics 720, 667 -> 866, 873; the patch-4, 128-wide
 tokenizer of `benchmarks.compare_jasmine` 40 -> 57.
 
 glibc reads tunables once, when a process starts, so the `genie` command runs itself again with
