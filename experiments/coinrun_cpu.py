@@ -27,10 +27,11 @@ def get_config():
         data=dataclasses.replace(tiny.data, dataset="coinrun_cpu", clip_frames=12),
         # The LAM's fused resampling (2.6x faster) and huge pages (genie/host_memory.py, about
         # 1.3x for every stage) left time in the hour: the tokenizer, which bounds every
-        # rollout's first frame, gets 14000 steps (5000 before both), the LAM 6000 (3000; longer
-        # training taught the demo's codes left from right), the dynamics model 5000 (3000).
+        # rollout's first frame, gets 14000 steps (5000 before both), the LAM 5000 (3000; longer
+        # training taught the demo's codes left from right, though not at any length: the
+        # demo's LAM at 2800 steps lost it), the dynamics model 5000 (3000).
         train_tokenizer=longer(tiny.train_tokenizer, 14000),
-        train_lam=longer(tiny.train_lam, 6000),
+        train_lam=longer(tiny.train_lam, 5000),
         train_dynamics=longer(tiny.train_dynamics, 5000),
         train_lam_dynamics=longer(tiny.train_lam_dynamics, 3000),
         metadata={"episodes": 1000, "targets": "cpu"},
