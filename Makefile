@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BEAM_STAMP := $(VENV)/.beam
 export PYTHONUNBUFFERED := 1
-# Transparent huge pages for XLA's CPU buffers (genie/host_memory.py): up to 1.6x faster
+# Transparent huge pages for XLA's CPU buffers (genie/host_memory.py): about 1.3x faster
 # training on CPU, tests and benchmarks included. Tunables already set are kept, and a hugetlb
 # setting of the user's own stands.
 HUGE_PAGES := glibc.malloc.hugetlb=1

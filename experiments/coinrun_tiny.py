@@ -72,7 +72,7 @@ def get_config() -> Config:
         dynamics=DynamicsConfig(transformer=small, maskgit_steps=8, copy_logit=6.0),
         # More, smaller steps reconstruct better per CPU-second (docs/ablations/tokenizer.md:
         # validation PSNR 21.1 dB at 2000 x 4 against 20.3 at 1200 x 4 and 19.7 at 600 x 8),
-        # and more of them still helped: 2600 since huge pages made steps faster.
+        # extended to 2600 along that trend once huge pages made steps faster.
         train_tokenizer=TrainConfig(
             batch_size=4,
             steps=2600,
