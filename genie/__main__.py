@@ -24,7 +24,7 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line itself, not a call from Python
-        host_memory.reexec_with_huge_pages(sys.argv[1:])
+        host_memory.reexec_with_huge_pages()
         argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb"
 SETTING = f"{TUNABLE}=1"
@@ -52,12 +52,12 @@ def environment_with_huge_pages(
     return {**environ, "GLIBC_TUNABLES": f"{tunables}:{SETTING}" if tunables else SETTING}
 
 
-def reexec_with_huge_pages(argv: Sequence[str]) -> None:
-    """Replaces this process with `python -m genie *argv` under the huge-page tunable, unless
-    `environment_with_huge_pages` says to go on as it is. Call before any work is done: the
-    process (same PID) starts over."""
+def reexec_with_huge_pages() -> None:
+    """Runs this process's own command line again (`sys.orig_argv`: the same interpreter flags,
+    script or `-m`) under the huge-page tunable, unless `environment_with_huge_pages` says to go
+    on as it is. Call before any work is done: the process (same PID) starts over."""
     environ = environment_with_huge_pages(os.environ, _glibc_version())
     if environ is not None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, "-m", "genie", *argv], environ)
+        os.execve(sys.executable, sys.orig_argv, environ)

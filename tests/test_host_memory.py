@@ -44,12 +44,14 @@ def test_the_command_line_runs_itself_again_once(monkeypatch):
     monkeypatch.setattr(host_memory, "_glibc_version", lambda: (2, 36))
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("GENIE_HUGE_PAGES", raising=False)
-    monkeypatch.setattr(sys, "argv", ["/venv/bin/genie", "probe", "--run", "runs/x"])
+    command = ["/venv/bin/python", "-X", "utf8", "/venv/bin/genie", "probe", "runs/x"]
+    monkeypatch.setattr(sys, "orig_argv", command)
+    monkeypatch.setattr(sys, "argv", command[3:])
     with pytest.raises(SystemExit):
         genie_main.main()
     [(path, args, env)] = calls
     assert path == sys.executable
-    assert args == [sys.executable, "-m", "genie", "probe", "--run", "runs/x"]
+    assert args == command  # the same command line, interpreter flags included
     assert env["GLIBC_TUNABLES"] == SETTING
 
     # The process it starts has the tunable, so it goes on to the verb (here: usage, exit 0).
