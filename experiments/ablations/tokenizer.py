@@ -46,6 +46,26 @@ other jobs (load average 6-12 during these runs), so they are inflated and noisy
 
 """
 
+NOTES = """
+## Notes
+
+What a 256-code tokenizer of 8x8 patches can reach at all (`python -m
+experiments.ablations.patch_bounds`, coinrun_tiny validation, no model): k-means with 256
+centroids per patch 22.4 dB, 1024 centroids 23.8, 4096 centroids 24.8; the best linear code of
+16 numbers per patch 26.0 dB; repeating the previous frame 19.7 dB. The demo's tokenizer
+(`tiny+s2600`, 21.3 dB) is 1.1 dB below the 256-centroid figure, and decoding its continuous
+latents without quantising them gives only 0.1 dB more (21.4 on 128 clips): at this size the
+codebook's 8 bits per patch, not the transformers, bound the reconstruction, and the demo's
+24 dB target needs more than 256 codes per 8x8 patch.
+
+Larger codebooks, 2600 x 4 each (2026-11-28, the two larger ones sharing the CPU, hence their
+times): 1024 codes 22.1 dB, 4096 codes 22.6 dB against 21.3. They were not adopted: on the
+dynamics model's side (docs/ablations/dynamics.md, `copy6+k4096`, `copy8.8+k4096`) 4096 codes
+made next-token prediction much harder (validation masked accuracy 0.28-0.29 against 0.45-0.50)
+and dynamics training 2.8x slower (312 frames/s against 870: the 4096-way output and its
+softmax), and the world's rollouts were no better than the 256-code world's.
+"""
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -74,6 +94,10 @@ VARIANTS: dict[str, Variant] = {
         )
     ),
     "lr2e-3": Variant(("--train-tokenizer.learning-rate", "2e-3")),
+    # Larger codebooks at the demo's code_dim: per-patch k-means on 8x8 validation patches
+    # bounds a 256-code tokenizer at about 22.4 dB, 1024 codes at 23.7, 4096 at 24.6.
+    "k1024_d16": Variant(("--tokenizer.num-codes", "1024")),
+    "k4096_d16": Variant(("--tokenizer.num-codes", "4096")),
 }
 
 
@@ -254,7 +278,8 @@ def write_table() -> None:
         + header
         + "\n".join(lines)
         + "\n"
-        + (f"\nNotes:\n{notes}\n" if notes else "")
+        + (f"\nNotes on rows:\n{notes}\n" if notes else "")
+        + NOTES
         + "\n![validation PSNR against training CPU seconds](tokenizer.png)\n"
     )
     plot_psnr_per_second(rows, RESULTS.with_suffix(".png"))
