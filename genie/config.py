@@ -60,6 +60,11 @@ class TokenizerConfig:
     decoder: TransformerConfig = TransformerConfig()
     commitment_weight: float = 0.25
     dead_code_steps: int = 100  # a code unused this many steps is re-initialised
+    # "vq": a learned codebook (Genie). "fsq": finite scalar quantisation (genie.models.fsq):
+    # code_dim numbers each rounded to one of its fsq_levels, num_codes = their product (both
+    # must say so); no codebook to collapse, no codebook or commitment loss.
+    quantizer: Literal["vq", "fsq"] = "vq"
+    fsq_levels: tuple[int, ...] = ()
     # Convolutional stem: stem_channels features of a 3x3 convolution (GELU) over each frame
     # are patchified beside the pixels, so every patch embedding also sees the pixels bordering
     # its patch. 0: none (Genie).
@@ -86,6 +91,10 @@ class LAMConfig:
     decoder: TransformerConfig = TransformerConfig()
     commitment_weight: float = 0.25
     dead_code_steps: int = 100
+    # As TokenizerConfig.quantizer: "fsq" with levels (3, 2) gives 6 actions that cannot
+    # collapse onto one code through a dead codebook (FSQ against collapse, REFERENCE.md).
+    quantizer: Literal["vq", "fsq"] = "vq"
+    fsq_levels: tuple[int, ...] = ()
     # "entry": each entry of the code fed to the decoder has RMS 1, like one pixel value;
     # "patch": the whole code carries the energy of a patch's P*P*C pixels, so a small code is
     # not drowned out by a large patch.
@@ -240,6 +249,8 @@ def from_dict(cls: type, values: dict[str, Any]):
         default = fields[name].default
         if dataclasses.is_dataclass(default):
             value = from_dict(type(default), value)
+        elif isinstance(default, tuple):
+            value = tuple(value)  # JSON has lists only; configs compare equal to their copies
         kwargs[name] = value
     return cls(**kwargs)
 

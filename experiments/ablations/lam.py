@@ -62,6 +62,9 @@ OPTIONS: dict[str, list[str]] = {
     "changed": ["--lam.changed-pixel-weight", "9"],
     "p8": ["--lam.patch-size", "8"],
     "p4": ["--lam.patch-size", "4"],
+    # Finite scalar quantisation (genie.models.fsq): 3 x 2 levels = the recipe's 6 codes, no
+    # codebook to collapse.
+    "fsq": ["--lam.quantizer", "fsq", "--lam.fsq-levels", "3", "2", "--lam.code-dim", "2"],
 }
 
 

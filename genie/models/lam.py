@@ -52,7 +52,7 @@ from genie.models.st_transformer import (
     unpatchify,
 )
 from genie.models.tokenizer import CHANNELS, check_frames, frames_to_unit, psnr, shrink_output
-from genie.models.vq import VectorQuantizer, check_codes, l2_normalize
+from genie.models.vq import check_codes, l2_normalize, quantizer_from_config
 
 # A pixel counts as changed between x_t and x_{t+1} when a channel moves by more than this
 # (about 13 of 255 levels), well above compression noise.
@@ -190,7 +190,7 @@ class LatentActionModel(nnx.Module):
         self.action_projection = nnx.Linear(
             width, config.code_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs
         )
-        self.vq = VectorQuantizer.from_config(config, rngs=rngs)
+        self.vq = quantizer_from_config(config, rngs=rngs)
         every_block = config.action_injection == "every_block"
         self.kernel_size = config.kernel_size if config.decoder_output == "kernels" else 0
         if config.decoder_output == "kernels" and config.kernel_size % 2 == 0:

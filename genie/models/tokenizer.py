@@ -24,7 +24,7 @@ from genie.models.st_transformer import (
     patchify,
     unpatchify,
 )
-from genie.models.vq import VectorQuantizer
+from genie.models.vq import quantizer_from_config
 
 CHANNELS = 3
 
@@ -116,7 +116,7 @@ class VideoTokenizer(nnx.Module):
         encoder_in = pixel_dim * (CHANNELS + config.stem_channels)
         decoder_out = pixel_dim * (CHANNELS + config.head_channels)
         self.encoder = STTransformer(encoder_in, config.code_dim, config.encoder, **kw)
-        self.vq = VectorQuantizer.from_config(config, rngs=rngs)
+        self.vq = quantizer_from_config(config, rngs=rngs)
         self.reconstruction_weight = config.reconstruction_weight
         self.decoder = STTransformer(config.code_dim, decoder_out, config.decoder, **kw)
         # Start near mid-grey instead of unit-scale noise around it.

@@ -157,3 +157,15 @@ class VectorQuantizer(nnx.Module):
         self.codebook[...] = jnp.where(dead[:, None], revived.astype(codebook.dtype), codebook)
         self.unused_steps[...] = jnp.where(dead, 0, self.unused_steps[...])
         return dead.sum().astype(jnp.int32)
+
+
+def quantizer_from_config(config, *, rngs: nnx.Rngs):
+    """The quantiser a TokenizerConfig or LAMConfig names: a `VectorQuantizer` ("vq") or a
+    `genie.models.fsq.FiniteScalarQuantizer` ("fsq"), which share their interface."""
+    if config.quantizer == "fsq":
+        from genie.models.fsq import FiniteScalarQuantizer
+
+        return FiniteScalarQuantizer.from_config(config)
+    if config.quantizer != "vq":
+        raise ValueError(f'quantizer must be "vq" or "fsq", got {config.quantizer!r}')
+    return VectorQuantizer.from_config(config, rngs=rngs)
