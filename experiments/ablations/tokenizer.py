@@ -98,6 +98,15 @@ VARIANTS: dict[str, Variant] = {
     # bounds a 256-code tokenizer at about 22.4 dB, 1024 codes at 23.7, 4096 at 24.6.
     "k1024_d16": Variant(("--tokenizer.num-codes", "1024")),
     "k4096_d16": Variant(("--tokenizer.num-codes", "4096")),
+    # Finite scalar quantisation (genie.models.fsq) with the default's 256 codes: 4 numbers of
+    # 4 levels each, so the dynamics model's output stays 256-way.
+    "fsq4444": Variant(
+        (
+            *("--tokenizer.quantizer", "fsq"),
+            *("--tokenizer.fsq-levels", "4", "4", "4", "4"),
+            *("--tokenizer.code-dim", "4"),
+        )
+    ),
 }
 
 
