@@ -53,8 +53,9 @@ What a 256-code tokenizer of 8x8 patches can reach at all (`python -m
 experiments.ablations.patch_bounds`, coinrun_tiny validation, no model): k-means with 256
 centroids per patch 22.4 dB, 1024 centroids 23.8, 4096 centroids 24.8; the best linear code of
 16 numbers per patch 26.0 dB; repeating the previous frame 19.7 dB. The learned-codebook
-tokenizer (`tiny+s2600`, 21.3 dB) is 1.1 dB below the 256-centroid figure, and decoding its continuous
-latents without quantising them gives only 0.1 dB more (21.4 on 128 clips): at this size the
+tokenizer (`tiny+s2600`, 21.3 dB) is 1.1 dB below the 256-centroid figure, and decoding its
+continuous latents without quantising them gives only 0.1 dB more (21.4 on 128 clips): at this
+size the
 codebook's 8 bits per patch, not the transformers, bound the reconstruction, and the demo's
 24 dB target needs more than 256 codes per 8x8 patch.
 
