@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines.loader import read_clips
+from genie import metrics
 
 
 def patches(frames: np.ndarray, patch_size: int) -> np.ndarray:
@@ -94,10 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     train = train[rng.choice(len(train), min(len(train), args.train_patches), replace=False)]
 
-    frames = valid_frames.astype(np.float32) / 255.0
     print(f"{args.dataset} validation, {len(valid_frames)} clips, {args.patch_size}px patches")
     print("| reference | pooled PSNR (dB) |\n|---|---|")
-    repeat = psnr(np.mean((frames[:, 1:] - frames[:, :-1]) ** 2))
+    repeat = float(metrics.pooled_psnr(valid_frames[:, 1:], valid_frames[:, :-1]))
     print(f"| repeat the previous frame | {repeat:.2f} |")
     for k, value in linear_bounds(valid, [int(r) for r in args.ranks.split(",")]).items():
         print(f"| best rank-{k} linear code per patch | {value:.2f} |")

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from genie.models.vq import usage_and_perplexity
+
 # The bound keeps tanh's range a hair wider than the outer levels, so they are reachable with
 # finite inputs (the paper's implementation uses the same margin).
 _MARGIN = 1e-3
@@ -102,15 +104,13 @@ class FiniteScalarQuantizer(nnx.Module):
         rounded = bounded + jax.lax.stop_gradient(level - bounded)
         digits = (level + offset).astype(jnp.int32) + lowest_digit
         indices = jnp.sum(digits * np.asarray(self._radix), axis=-1).astype(jnp.int32)
-        usage = jnp.bincount(indices.reshape(-1), length=self.num_codes).astype(jnp.int32)
-        probs = usage / jnp.maximum(usage.sum(), 1)
-        entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1)), 0))
+        usage, perplexity = usage_and_perplexity(indices, self.num_codes)
         zero = jnp.zeros((), jnp.float32)
         aux = {
             "codebook_loss": zero,
             "commitment_loss": zero,
             "usage": usage,
-            "perplexity": jnp.exp(entropy),
+            "perplexity": perplexity,
         }
         return (rounded / half_range).astype(z.dtype), indices, aux
 

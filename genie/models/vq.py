@@ -43,6 +43,15 @@ def check_codes(codes, num_codes: int, *, name: str, codebook: str) -> None:
         )
 
 
+def usage_and_perplexity(indices: jax.Array, num_codes: int) -> tuple[jax.Array, jax.Array]:
+    """(...) int32 code ids -> ((K,) int32 counts, perplexity: exp of the usage entropy, 1 when
+    one code is used and K when all are used equally), traceable; the quantisers' aux."""
+    usage = jnp.bincount(indices.reshape(-1), length=num_codes).astype(jnp.int32)
+    probs = usage / jnp.maximum(usage.sum(), 1)
+    entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1)), 0))
+    return usage, jnp.exp(entropy)
+
+
 # Re-initialised codes are a recent encoder output plus this much Gaussian noise (on the unit
 # sphere), so two codes revived from the same output still differ.
 _REVIVAL_NOISE = 0.01
@@ -121,14 +130,12 @@ class VectorQuantizer(nnx.Module):
         commitment_loss = jnp.mean(jnp.sum((z_unit - jax.lax.stop_gradient(chosen)) ** 2, -1))
         quantized = z_unit + jax.lax.stop_gradient(chosen - z_unit)
 
-        usage = jnp.bincount(indices.reshape(-1), length=self.num_codes).astype(jnp.int32)
-        probs = usage / jnp.maximum(usage.sum(), 1)
-        entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1)), 0))
+        usage, perplexity = usage_and_perplexity(indices, self.num_codes)
         aux = {
             "codebook_loss": codebook_loss,
             "commitment_loss": self.commitment_weight * commitment_loss,
             "usage": usage,
-            "perplexity": jnp.exp(entropy),
+            "perplexity": perplexity,
         }
         if training:
             self._update_statistics(jax.lax.stop_gradient(z_unit), usage, key)
