@@ -64,7 +64,7 @@ class TokenizerConfig:
     # code_dim numbers each rounded to one of its fsq_levels, num_codes = their product (both
     # must say so); no codebook to collapse, no codebook or commitment loss.
     quantizer: Literal["vq", "fsq"] = "vq"
-    fsq_levels: tuple[int, ...] = ()
+    fsq_levels: tuple[int, ...] = ()  # with "fsq": levels per latent number, e.g. 4 4 4 4
     # Convolutional stem: stem_channels features of a 3x3 convolution (GELU) over each frame
     # are patchified beside the pixels, so every patch embedding also sees the pixels bordering
     # its patch. 0: none (Genie).
@@ -94,7 +94,7 @@ class LAMConfig:
     # As TokenizerConfig.quantizer: "fsq" with levels (3, 2) gives 6 actions that cannot
     # collapse onto one code through a dead codebook (FSQ against collapse, REFERENCE.md).
     quantizer: Literal["vq", "fsq"] = "vq"
-    fsq_levels: tuple[int, ...] = ()
+    fsq_levels: tuple[int, ...] = ()  # with "fsq": levels per latent number, e.g. 3 2
     # "entry": each entry of the code fed to the decoder has RMS 1, like one pixel value;
     # "patch": the whole code carries the energy of a patch's P*P*C pixels, so a small code is
     # not drowned out by a large patch.
