@@ -62,6 +62,10 @@ OPTIONS: dict[str, list[str]] = {
     "changed": ["--lam.changed-pixel-weight", "9"],
     "p8": ["--lam.patch-size", "8"],
     "p4": ["--lam.patch-size", "4"],
+    # More codes than the case study's 6 (Genie uses 8): room for left/right beside the vertical
+    # speeds the six codes go to (lam.md, item 5).
+    "codes8": ["--lam.num-codes", "8"],
+    "codes12": ["--lam.num-codes", "12"],
     # Finite scalar quantisation (genie.models.fsq): 3 x 2 levels = the recipe's 6 codes, no
     # codebook to collapse.
     "fsq": ["--lam.quantizer", "fsq", "--lam.fsq-levels", "3", "2", "--lam.code-dim", "2"],
