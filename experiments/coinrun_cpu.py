@@ -27,10 +27,8 @@ def get_config():
         data=dataclasses.replace(tiny.data, dataset="coinrun_cpu", clip_frames=12),
         # The demo's FSQ tokenizer (validation, 64 clips, against the learned codebook at the same
         # steps: 24.75 dB against 24.28; rollout above repeat-last-frame at every t = 1..8, t = 1
-        # +0.13 dB against -0.27; ΔtPSNR@4 2.06 against 2.42; docs/experiments.md). The LAM keeps
-        # the patch its reported LAM was trained with (the demo's is 8 since; not yet trained at
-        # this length).
-        lam=dataclasses.replace(tiny.lam, patch_size=16),
+        # +0.13 dB against -0.27; ΔtPSNR@4 2.06 against 2.42; docs/experiments.md) and the
+        # demo's LAM at patch 8 (docs/ablations/lam.md item 13).
         # The LAM's fused resampling (2.6x faster) and huge pages (genie/host_memory.py, about
         # 1.3x for every stage) left time in the hour: the tokenizer, which bounds every
         # rollout's first frame, gets 14000 steps (5000 before both), the LAM 5000 (3000; longer

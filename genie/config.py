@@ -173,6 +173,10 @@ class DynamicsConfig:
     # True: the frame's latent action embedding is also added to each of its patch tokens
     # (beside its action token), so every position reads the action from the first layer.
     action_to_patches: bool = False
+    # True (needs an FSQ tokenizer): a token is read and predicted as its FSQ numbers, each with
+    # its own embedding and its own few-way softmax, instead of one softmax over all
+    # prod(fsq_levels) ids, so large FSQ grids (4096, 64,000 codes) cost a few dozen outputs.
+    factorized_head: bool = False
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def build_model(config: Config, name: Model, rngs: nnx.Rngs) -> nnx.Module:
             num_actions=config.lam.num_codes,
             num_patches=patches_per_frame(data.image_size, config.tokenizer.patch_size),
             max_frames=data.clip_frames,
+            code_levels=config.tokenizer.fsq_levels if config.tokenizer.quantizer == "fsq" else (),
             **precision,
         )
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")

@@ -28,13 +28,26 @@ copy logit is one learned value per latent action, that of the action leading to
 "stand still" action can learn to copy strongly and a "move" action weakly, so the copying
 itself obeys the action.
 
-Axes: B batch, T time, N tokens per frame, D width, K tokenizer codebook size, A latent actions.
+Factorised head (`factorized_head`, an option for FSQ tokenizers): a token id is the
+mixed-radix number of its F FSQ digits (`genie.models.fsq`). The model then embeds a token as
+the sum of one embedding per digit and outputs V = sum of the levels logits, one small softmax
+per digit, instead of K = prod of the levels: p(token) is the product of its digits'
+probabilities, the cross-entropy the sum of theirs, and sampling draws every digit. `TokenHead`
+holds this arithmetic for both heads; the copy prior then adds its logit to each digit of the
+previous token.
+
+Axes: B batch, T time, N tokens per frame, D width, K tokenizer codebook size, A latent actions,
+V output logits per token (K, or the sum of the FSQ levels with the factorised head), F digits.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -42,6 +55,96 @@ from genie.config import DynamicsConfig
 from genie.models.st_transformer import STTransformer
 
 KVCache = list[tuple[jax.Array, jax.Array]]
+
+
+@dataclass(frozen=True)
+class TokenHead:
+    """How the dynamics model's V output logits per position score the K token ids.
+
+    `levels` empty: one softmax over the K ids (V = K). Otherwise the FSQ levels of the
+    tokenizer (K = prod(levels)): the logits are F consecutive groups, one per digit (digit f of
+    id k is (k // prod(levels[:f])) % levels[f], `FiniteScalarQuantizer`'s numbering), each its
+    own softmax, and log p(k) is the sum of the groups' log-probabilities of k's digits.
+    """
+
+    num_codes: int
+    levels: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.levels and math.prod(self.levels) != self.num_codes:
+            raise ValueError(
+                f"FSQ levels {self.levels} make {math.prod(self.levels)} token ids, but the "
+                f"tokenizer has {self.num_codes}"
+            )
+
+    @property
+    def factorized(self) -> bool:
+        return bool(self.levels)
+
+    @property
+    def width(self) -> int:
+        """V: the logits per position."""
+        return sum(self.levels) if self.factorized else self.num_codes
+
+    def offsets(self) -> np.ndarray:
+        """(F,) where each digit's group of logits starts."""
+        return np.cumsum((0,) + self.levels[:-1])
+
+    def digits(self, ids: jax.Array) -> jax.Array:
+        """(...) int ids -> (..., F) int32 digits."""
+        radix = np.cumprod((1,) + self.levels[:-1])
+        return ((ids[..., None] // radix) % np.asarray(self.levels)).astype(jnp.int32)
+
+    def ids(self, digits: jax.Array) -> jax.Array:
+        """(..., F) digits -> (...) int32 ids; inverse of `digits`."""
+        radix = np.cumprod((1,) + self.levels[:-1])
+        return jnp.sum(digits * radix, axis=-1).astype(jnp.int32)
+
+    def one_hot(self, ids: jax.Array) -> jax.Array:
+        """(...) ids -> (..., V) float32: 1 on the id's logit, or on each of its digits' logits."""
+        if not self.factorized:
+            return jax.nn.one_hot(ids, self.num_codes, dtype=jnp.float32)
+        rows = self.digits(ids) + self.offsets()
+        return jax.nn.one_hot(rows, self.width, dtype=jnp.float32).sum(-2)
+
+    def _groups(self, logits: jax.Array) -> list[jax.Array]:
+        return jnp.split(logits, self.offsets()[1:], axis=-1)
+
+    def log_probs(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
+        """(..., V) logits, (...) ids -> (...) float32 log p(id)."""
+        logits = logits.astype(jnp.float32)
+        if not self.factorized:
+            log_softmax = jax.nn.log_softmax(logits)
+            return jnp.take_along_axis(log_softmax, ids[..., None], axis=-1)[..., 0]
+        digits = self.digits(ids)
+        return sum(
+            jnp.take_along_axis(jax.nn.log_softmax(group), digits[..., f : f + 1], axis=-1)[..., 0]
+            for f, group in enumerate(self._groups(logits))
+        )
+
+    def cross_entropy(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
+        """(..., V), (...) -> (...) float32 -log p(id)."""
+        if not self.factorized:
+            return optax.softmax_cross_entropy_with_integer_labels(logits, ids)
+        return -self.log_probs(logits, ids)
+
+    def sample(self, logits: jax.Array, key: jax.Array | None, temperature: float) -> jax.Array:
+        """(..., V) logits -> (...) int32 ids drawn at `temperature` (0: the most likely id,
+        which for the factorised head is every digit's most likely value)."""
+        if not self.factorized:
+            if temperature == 0:
+                return logits.argmax(-1).astype(jnp.int32)
+            return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+        groups = self._groups(logits)
+        if temperature == 0:
+            picks = [group.argmax(-1) for group in groups]
+        else:
+            keys = jax.random.split(key, len(groups))
+            picks = [
+                jax.random.categorical(k, group / temperature)
+                for k, group in zip(keys, groups, strict=True)
+            ]
+        return self.ids(jnp.stack(picks, axis=-1))
 
 
 class DynamicsModel(nnx.Module):
@@ -53,6 +156,7 @@ class DynamicsModel(nnx.Module):
         num_actions: int,
         num_patches: int,
         max_frames: int,
+        code_levels: tuple[int, ...] = (),
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -61,15 +165,22 @@ class DynamicsModel(nnx.Module):
         self.config = config
         self.num_codes, self.num_actions = num_codes, num_actions
         self.num_patches, self.max_frames = num_patches, max_frames
+        if config.factorized_head and not code_levels:
+            raise ValueError(
+                "dynamics.factorized_head predicts a token's FSQ numbers: it needs an FSQ "
+                "tokenizer (tokenizer.quantizer 'fsq' with fsq_levels)"
+            )
+        self.head = TokenHead(num_codes, tuple(code_levels) if config.factorized_head else ())
         embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
-        self.token_embedding = nnx.Embed(num_codes, width, **embed)
+        # One row per id, or with the factorised head one per digit value (summed per token).
+        self.token_embedding = nnx.Embed(self.head.width, width, **embed)
         self.mask_embedding = nnx.Param(init(rngs.params(), (width,), param_dtype))
         self.action_embedding = nnx.Embed(num_actions, width, **embed)
         self.no_action_embedding = nnx.Param(init(rngs.params(), (width,), param_dtype))
         self.transformer = STTransformer(
             width,
-            num_codes,
+            self.head.width,
             config.transformer,
             num_patches=num_patches + 1,  # + the frame's action token
             max_frames=max_frames,
@@ -99,7 +210,11 @@ class DynamicsModel(nnx.Module):
 
     def embed_tokens(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """(..., N) int32 token ids, (..., N) bool mask -> (..., N, D); masked ids become [MASK]."""
-        embedded = self.token_embedding(tokens)
+        if self.head.factorized:
+            rows = self.head.digits(tokens) + self.head.offsets()
+            embedded = self.token_embedding(rows).sum(-2)
+        else:
+            embedded = self.token_embedding(tokens)
         return jnp.where(mask[..., None], self.mask_embedding[...].astype(embedded.dtype), embedded)
 
     def embed_actions(self, actions: jax.Array) -> jax.Array:
@@ -132,7 +247,8 @@ class DynamicsModel(nnx.Module):
         return jnp.concatenate([patches, action_tokens.astype(patches.dtype)], axis=2)
 
     def __call__(self, tokens: jax.Array, actions: jax.Array, mask: jax.Array) -> jax.Array:
-        """(B, T, N) int32 tokens, (B, T-1) int32 actions, (B, T, N) bool mask -> (B, T, N, K).
+        """(B, T, N) int32 tokens, (B, T-1) int32 actions, (B, T, N) bool mask -> (B, T, N, V)
+        logits, scored by `self.head` (V = K without the factorised head).
 
         The logits are computed in float32 (the output projection's dtype) whatever the
         compute dtype. Temporal attention is causal:
@@ -158,10 +274,10 @@ class DynamicsModel(nnx.Module):
 
     def copy_prior(self, previous: jax.Array, visible: jax.Array, strength) -> jax.Array:
         """(..., N) previous frame's token ids, (..., N) bool visibility and the copy logit
-        (broadcastable to (..., N)) -> (..., N, K) fp32: the logit on each visible previous
-        token's id, 0 elsewhere (the class docstring)."""
+        (broadcastable to (..., N)) -> (..., N, V) fp32: the logit on each visible previous
+        token's id (or on each of its digits), 0 elsewhere (the class docstring)."""
         weight = strength * visible.astype(jnp.float32)
-        return jax.nn.one_hot(previous, self.num_codes, dtype=jnp.float32) * weight[..., None]
+        return self.head.one_hot(previous) * weight[..., None]
 
     def prefill(self, tokens: jax.Array, actions: jax.Array) -> KVCache:
         """Temporal key/value cache of a clip (B, T, N) with actions (B, T-1), nothing masked.
@@ -180,7 +296,7 @@ class DynamicsModel(nnx.Module):
         cache: KVCache,
         previous_tokens: jax.Array | None = None,
     ) -> jax.Array:
-        """Logits (B, N, K) fp32 of frame `frame_index` (traced scalar >= 1) from its (B, N) tokens
+        """Logits (B, N, V) fp32 of frame `frame_index` (traced scalar >= 1) from its (B, N) tokens
         and mask, the clip's (B, T-1) actions and the `prefill` cache of the frames before it;
         with the copy prior also from `previous_tokens` (B, N), frame `frame_index - 1`.
 
@@ -232,10 +348,10 @@ def dynamics_loss(
     """
     mask = draw_mask(key, tokens.shape, model.config.min_mask_rate)
     logits = model(tokens, actions, mask)
-    cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    cross_entropy = model.head.cross_entropy(logits, tokens)
     weight = mask.astype(jnp.float32)
     num_masked = jnp.maximum(weight.sum(), 1.0)
     loss = (cross_entropy * weight).sum() / num_masked
-    correct = (logits.argmax(-1) == tokens).astype(jnp.float32)
+    correct = (model.head.sample(logits, None, 0.0) == tokens).astype(jnp.float32)
     accuracy = (correct * weight).sum() / num_masked
     return loss, {"loss": loss, "masked_accuracy": accuracy}

@@ -117,6 +117,7 @@ def sample_frame(
     per_clip = _per_clip(key)
     frame_index = jnp.asarray(frame_index, jnp.int32)
     counts = jnp.asarray(masked_counts(patches, steps, schedule))
+    head = model.head
 
     if use_cache:
         cache = model.prefill(tokens, actions)
@@ -138,17 +139,15 @@ def sample_frame(
 
     def refine(step, carry):
         frame_tokens, frame_mask = carry
-        logits = predict(frame_tokens, frame_mask)  # (B, N, K)
+        logits = predict(frame_tokens, frame_mask)  # (B, N, V)
         sample_key, choice_key = _split(fold_in(key, step))
         if temperature == 0:
-            sampled = logits.argmax(-1).astype(jnp.int32)
+            sampled = head.sample(logits, None, 0.0)
         elif per_clip:
-            sampled = jax.vmap(jax.random.categorical)(sample_key, logits / temperature)
+            sampled = jax.vmap(lambda k, x: head.sample(x, k, temperature))(sample_key, logits)
         else:
-            sampled = jax.random.categorical(sample_key, logits / temperature)
-        sampled = sampled.astype(jnp.int32)
-        log_probs = jax.nn.log_softmax(logits)
-        confidence = jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+            sampled = head.sample(logits, sample_key, temperature)
+        confidence = head.log_probs(logits, sampled)
         if choice_temperature > 0:
             anneal = choice_temperature * (1.0 - (step + 1) / steps)
             if per_clip:

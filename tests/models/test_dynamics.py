@@ -11,15 +11,25 @@ import pytest
 from flax import nnx
 
 from genie.config import DynamicsConfig, TransformerConfig
-from genie.models.dynamics import DynamicsModel, draw_mask, dynamics_loss
+from genie.models.dynamics import DynamicsModel, TokenHead, draw_mask, dynamics_loss
+from genie.models.fsq import FiniteScalarQuantizer
 
 B, T, N, K, A = 2, 4, 6, 8, 3
 CONFIG = DynamicsConfig(transformer=TransformerConfig(width=16, depth=2, heads=2, mlp_ratio=2.0))
 
 
-def make_model(seed=0, config=CONFIG):
+LEVELS = (2, 4)  # an FSQ grid of K = 8 ids for the factorised head
+
+
+def make_model(seed=0, config=CONFIG, code_levels=()):
     return DynamicsModel(
-        config, num_codes=K, num_actions=A, num_patches=N, max_frames=T, rngs=nnx.Rngs(seed)
+        config,
+        num_codes=K,
+        num_actions=A,
+        num_patches=N,
+        max_frames=T,
+        code_levels=code_levels,
+        rngs=nnx.Rngs(seed),
     )
 
 
@@ -65,8 +75,18 @@ def per_action_model():
     return model
 
 
-# Without the options, with the copy prior and patch actions, with a copy logit per action.
-BOTH = pytest.mark.parametrize("which", ["model", "copy_model", "per_action_model"])
+@pytest.fixture(scope="module")
+def factorized_model():
+    """The factorised head over an FSQ grid of 2 x 4 levels, with the copy prior."""
+    config = dataclasses.replace(CONFIG, copy_logit=COPY_LOGIT, factorized_head=True)
+    return make_model(config=config, code_levels=LEVELS)
+
+
+# Without the options, with the copy prior and patch actions, with a copy logit per action,
+# with the factorised head.
+BOTH = pytest.mark.parametrize(
+    "which", ["model", "copy_model", "per_action_model", "factorized_model"]
+)
 
 
 def test_logits_shape_and_dtype(model):
@@ -322,3 +342,117 @@ def test_action_weights_embed_like_ids_and_pass_gradients(model):
 def test_copy_per_action_without_the_copy_prior_is_refused():
     with pytest.raises(ValueError, match="copy_per_action needs the copy prior"):
         make_model(config=dataclasses.replace(CONFIG, copy_per_action=True))
+
+
+def expand(head: TokenHead, logits: np.ndarray) -> np.ndarray:
+    """(..., V) factorised logits -> (..., K): each id's logit is the sum of its digits' logits,
+    written out id by id (a softmax over these is the product of the digits' softmaxes)."""
+    out = np.zeros(logits.shape[:-1] + (head.num_codes,), np.float64)
+    offsets = np.cumsum((0,) + head.levels[:-1])
+    for k in range(head.num_codes):
+        digits = np.asarray(head.digits(jnp.int32(k)))
+        out[..., k] = sum(logits[..., offsets[f] + d] for f, d in enumerate(digits))
+    return out
+
+
+def test_token_head_digits_follow_the_fsq_numbering():
+    """The head's digits of an id are the FSQ quantiser's level indices for that id."""
+    levels = (3, 4, 2)
+    head, fsq = TokenHead(24, levels), FiniteScalarQuantizer(levels)
+    ids = jnp.arange(24, dtype=jnp.int32)
+    digits = np.asarray(head.digits(ids))
+    np.testing.assert_array_equal(digits[13], [1, 0, 1])  # 13 = 1 + 0 * 3 + 1 * 12
+    np.testing.assert_array_equal(head.ids(jnp.asarray(digits)), ids)
+    # FSQ's values rise with each level index: the digits order the code values per dimension.
+    values = np.asarray(fsq.lookup(ids))
+    for f in range(len(levels)):
+        for a, b in [(i, j) for i in range(24) for j in range(24)]:
+            if digits[a, f] < digits[b, f]:
+                assert values[a, f] < values[b, f]
+    with pytest.raises(ValueError, match="make 24 token ids"):
+        TokenHead(25, levels)
+
+
+def test_factorized_log_probs_are_a_softmax_over_all_ids():
+    """log p(id) of the factorised head equals a K-way log-softmax of the expanded logits, so
+    the probabilities of all K ids sum to 1; temperature 0 picks that softmax's argmax."""
+    head = TokenHead(24, (3, 4, 2))
+    logits = jax.random.normal(jax.random.key(0), (5, head.width)) * 2.0
+    full = expand(head, np.asarray(logits, np.float64))
+    expected = full - np.log(np.exp(full).sum(-1, keepdims=True))
+    ids = jnp.broadcast_to(jnp.arange(24, dtype=jnp.int32), (5, 24))
+    got = np.asarray(head.log_probs(logits[:, None, :], ids))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(head.cross_entropy(logits[:, None], ids), -got, rtol=1e-6)
+    np.testing.assert_array_equal(head.sample(logits, None, 0.0), expected.argmax(-1))
+
+
+def test_factorized_sampling_draws_ids_with_their_probabilities():
+    head = TokenHead(8, LEVELS)
+    logits = jnp.asarray([0.5, -0.5, 1.0, 0.0, -1.0, 2.0])
+    draws = np.asarray(head.sample(jnp.broadcast_to(logits, (40000, 6)), jax.random.key(1), 1.0))
+    frequencies = np.bincount(draws, minlength=8) / draws.size
+    probabilities = np.exp(
+        np.asarray(head.log_probs(jnp.broadcast_to(logits, (8, 6)), jnp.arange(8)))
+    )
+    np.testing.assert_allclose(frequencies, probabilities, atol=0.01)
+    # Temperature sharpens: at 0.1 almost every draw is the most likely id.
+    cold = np.asarray(head.sample(jnp.broadcast_to(logits, (2000, 6)), jax.random.key(2), 0.1))
+    assert np.mean(cold == probabilities.argmax()) > 0.95
+
+
+def test_factorized_model_outputs_one_group_per_digit(factorized_model):
+    tokens, actions, mask = make_batch()
+    logits = forward(factorized_model, tokens, actions, mask)
+    assert logits.shape == (B, T, N, sum(LEVELS)) and logits.dtype == jnp.float32
+    assert factorized_model.token_embedding.embedding.shape == (
+        sum(LEVELS),
+        CONFIG.transformer.width,
+    )
+    # A token's embedding is the sum of its digits' rows.
+    table = np.asarray(factorized_model.token_embedding.embedding[...])
+    embedded = np.asarray(factorized_model.embed_tokens(tokens, jnp.zeros_like(mask)))
+    digits = np.asarray(factorized_model.head.digits(tokens))
+    np.testing.assert_allclose(
+        embedded, table[digits[..., 0]] + table[2 + digits[..., 1]], rtol=1e-6
+    )
+
+
+def test_factorized_copy_prior_adds_the_logit_on_each_digit_of_the_previous_token(
+    factorized_model,
+):
+    tokens, actions, mask = make_batch()
+    with_prior = np.asarray(forward(factorized_model, tokens, actions, mask))
+    without = nnx.clone(factorized_model)
+    without.copy_logit[...] = jnp.zeros(())
+    plain = np.asarray(forward(without, tokens, actions, mask))
+    expected = np.zeros((B, T, N, sum(LEVELS)), np.float32)
+    tokens_np, mask_np = np.asarray(tokens), np.asarray(mask)
+    for b in range(B):
+        for t in range(1, T):
+            for n in range(N):
+                if not mask_np[b, t - 1, n]:
+                    previous = tokens_np[b, t - 1, n]
+                    expected[b, t, n, previous % 2] = COPY_LOGIT  # digit 0: 2 levels
+                    expected[b, t, n, 2 + previous // 2] = COPY_LOGIT  # digit 1: 4 levels
+    np.testing.assert_allclose(with_prior - plain, expected, atol=1e-5)
+
+
+def test_factorized_loss_is_the_digits_cross_entropy_on_masked_tokens(factorized_model):
+    tokens, actions, _ = make_batch()
+    key = jax.random.key(7)
+    loss, metrics = jit_loss(factorized_model, tokens, actions, key)
+    mask = np.asarray(draw_mask(key, tokens.shape, CONFIG.min_mask_rate))
+    logits = np.asarray(forward(factorized_model, tokens, actions, jnp.asarray(mask)), np.float64)
+    full = expand(factorized_model.head, logits)
+    log_probs = full - np.log(np.exp(full).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, np.asarray(tokens)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(loss), -picked[mask].mean(), rtol=1e-5)
+    accuracy = (full.argmax(-1) == np.asarray(tokens))[mask].mean()
+    np.testing.assert_allclose(float(metrics["masked_accuracy"]), accuracy, rtol=1e-6)
+
+
+def test_factorized_head_needs_an_fsq_tokenizer():
+    with pytest.raises(ValueError, match="needs an FSQ tokenizer"):
+        make_model(config=dataclasses.replace(CONFIG, factorized_head=True))
