@@ -27,8 +27,10 @@ def get_config():
         data=dataclasses.replace(tiny.data, dataset="coinrun_cpu", clip_frames=12),
         # The demo's FSQ tokenizer (validation, 64 clips, against the learned codebook at the same
         # steps: 24.75 dB against 24.28; rollout above repeat-last-frame at every t = 1..8, t = 1
-        # +0.13 dB against -0.27; ΔtPSNR@4 2.06 against 2.42; docs/experiments.md) and the
-        # demo's LAM at patch 8 (docs/ablations/lam.md item 13).
+        # +0.13 dB against -0.27; ΔtPSNR@4 2.06 against 2.42; docs/experiments.md). The demo's
+        # LAM at patch 8 and dynamics head (factorised) with it: on validation rollout minus
+        # repeat-last-frame +1.20, +2.04, +2.43, +2.69, ... dB against +0.13, +1.03, +1.56,
+        # +1.77, ... (patch 16, 256-way softmax), ΔtPSNR@4 3.35 against 2.06.
         # The LAM's fused resampling (2.6x faster) and huge pages (genie/host_memory.py, about
         # 1.3x for every stage) left time in the hour: the tokenizer, which bounds every
         # rollout's first frame, gets 14000 steps (5000 before both), the LAM 5000 (3000; longer
