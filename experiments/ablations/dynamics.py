@@ -119,9 +119,10 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    against that world's own dynamics stage with the 256-way softmax (same schedule and seed,
    `genie eval` on the same 64 validation clips): rollout minus repeat-last-frame +0.41,
    +1.20, +1.31, +1.28 dB against -0.22, +0.78, +0.98, +1.01, the first to beat the floor at
-   t = 1, with ΔtPSNR@4 0.98 against 1.67 and the same masked-token accuracy (0.70). On the
-   64,000-code tokenizer (`copy6_fact+fsq888555`, FSQ 8^3 x 5^3, 23.6 dB on validation against
-   22.1; a 64,000-way softmax would not fit the CPU budget) the rollout is +0.18, +0.74, +0.80,
+   t = 1, with ΔtPSNR@4 0.98 against 1.67 and about the same validation masked-token
+   accuracy (0.70 against 0.71). On the 64,000-code tokenizer (`copy6_fact+fsq888555`, FSQ
+   8^3 x 5^3, 23.6 dB on validation against 22.1; a 64,000-way softmax would not fit the CPU
+   budget) the rollout is +0.18, +0.74, +0.80,
    +0.67 dB over the floor and lower in absolute PSNR at every t (19.08, 17.24, 15.90, 14.84
    against 19.31, 17.71, 16.41, 15.44): its tokens are harder to predict (accuracy 0.40).
    Chosen for the demo: the factorised head on the 256-code tokenizer. Both rows trained while

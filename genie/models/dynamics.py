@@ -52,6 +52,7 @@ import optax
 from flax import nnx
 
 from genie.config import DynamicsConfig
+from genie.models.fsq import digit_ids, id_digits
 from genie.models.st_transformer import STTransformer
 
 KVCache = list[tuple[jax.Array, jax.Array]]
@@ -91,14 +92,8 @@ class TokenHead:
         return np.cumsum((0,) + self.levels[:-1])
 
     def digits(self, ids: jax.Array) -> jax.Array:
-        """(...) int ids -> (..., F) int32 digits."""
-        radix = np.cumprod((1,) + self.levels[:-1])
-        return ((ids[..., None] // radix) % np.asarray(self.levels)).astype(jnp.int32)
-
-    def ids(self, digits: jax.Array) -> jax.Array:
-        """(..., F) digits -> (...) int32 ids; inverse of `digits`."""
-        radix = np.cumprod((1,) + self.levels[:-1])
-        return jnp.sum(digits * radix, axis=-1).astype(jnp.int32)
+        """(...) int ids -> (..., F) int32 digits (`genie.models.fsq.id_digits`)."""
+        return id_digits(ids, self.levels)
 
     def one_hot(self, ids: jax.Array) -> jax.Array:
         """(...) ids -> (..., V) float32: 1 on the id's logit, or on each of its digits' logits."""
@@ -144,7 +139,7 @@ class TokenHead:
                 jax.random.categorical(k, group / temperature)
                 for k, group in zip(keys, groups, strict=True)
             ]
-        return self.ids(jnp.stack(picks, axis=-1))
+        return digit_ids(jnp.stack(picks, axis=-1), self.levels)
 
 
 class DynamicsModel(nnx.Module):

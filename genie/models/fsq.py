@@ -28,6 +28,19 @@ from genie.models.vq import usage_and_perplexity
 _MARGIN = 1e-3
 
 
+def id_digits(ids: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """(...) int code ids -> (..., E) int32 digits: digit e of id k is
+    (k // prod(levels[:e])) % levels[e], the level index in dimension e."""
+    radix = np.cumprod((1,) + tuple(levels[:-1]))
+    return ((ids[..., None] // radix) % np.asarray(levels)).astype(jnp.int32)
+
+
+def digit_ids(digits: jax.Array, levels: tuple[int, ...]) -> jax.Array:
+    """(..., E) digits -> (...) int32 code ids; the inverse of `id_digits`."""
+    radix = np.cumprod((1,) + tuple(levels[:-1]))
+    return jnp.sum(digits * radix, axis=-1).astype(jnp.int32)
+
+
 class FiniteScalarQuantizer(nnx.Module):
     def __init__(self, levels: tuple[int, ...]):
         if not levels or any(level < 2 for level in levels):
@@ -35,9 +48,6 @@ class FiniteScalarQuantizer(nnx.Module):
         self.levels = tuple(int(level) for level in levels)
         self.code_dim = len(self.levels)
         self.num_codes = math.prod(self.levels)
-        # Tuples, not arrays, so that nnx keeps them out of the model's state: the quantiser
-        # has nothing to train or checkpoint.
-        self._radix = tuple(int(r) for r in np.cumprod((1,) + self.levels[:-1]))  # digit weights
 
     def _grid(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(E,) each: the outer level in level units, (L-1)/2; the offset of the levels from
@@ -76,7 +86,7 @@ class FiniteScalarQuantizer(nnx.Module):
     def lookup(self, indices: jax.Array) -> jax.Array:
         """(...) int32 code ids -> (..., E) float32 code values in [-1, 1]."""
         half_range, offset, lowest_digit = self._grid()
-        digits = (indices[..., None] // np.asarray(self._radix)) % np.asarray(self.levels)
+        digits = id_digits(indices, self.levels)
         level = (digits - lowest_digit).astype(jnp.float32) - offset
         return level / half_range
 
@@ -103,7 +113,7 @@ class FiniteScalarQuantizer(nnx.Module):
         level = jnp.round(bounded + offset) - offset  # the nearest level
         rounded = bounded + jax.lax.stop_gradient(level - bounded)
         digits = (level + offset).astype(jnp.int32) + lowest_digit
-        indices = jnp.sum(digits * np.asarray(self._radix), axis=-1).astype(jnp.int32)
+        indices = digit_ids(digits, self.levels)
         usage, perplexity = usage_and_perplexity(indices, self.num_codes)
         zero = jnp.zeros((), jnp.float32)
         aux = {
