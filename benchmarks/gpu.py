@@ -55,7 +55,7 @@ def train_tokenizer_for(config: Config, clips: dict, seconds: float, evals: int 
     compilation), measuring the pooled reconstruction PSNR of clips["test"] `evals` times."""
     from flax import nnx
 
-    from genie.models.tokenizer import frames_to_unit
+    from genie.models.tokenizer import frames_to_unit, unit_to_uint8
     from genie.sharding import batch_sharding, create_sharded, mesh_for
     from genie.stages import build_model
     from genie.train import compile_ready_step, make_optimizer
@@ -85,7 +85,8 @@ def train_tokenizer_for(config: Config, clips: dict, seconds: float, evals: int 
 
     @nnx.jit
     def squared_error(tokenizer, frames):
-        reconstruction = tokenizer.decode(tokenizer.tokenize(frames))
+        # Scored as `genie eval` scores it: the decoded frame rounded to uint8, then in [0, 1].
+        reconstruction = unit_to_uint8(tokenizer.decode(tokenizer.tokenize(frames)))
         return ((frames_to_unit(reconstruction) - frames_to_unit(frames)) ** 2).sum()
 
     def test_psnr() -> float:

@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu.sh prepare        # here: .whl/ (packages the GPU image lacks) and
 #                                         # .gpu/clips.npz (clips of a built CoinRun dataset)
-#   bash benchmarks/gpu.sh run OUT_DIR    # there, from the repository root: OUT_DIR/gpu.json
+#   bash benchmarks/gpu.sh run OUT_DIR [FLAGS]  # there, from the repository root: OUT_DIR/gpu.json
+#                                         # (FLAGS go to benchmarks/gpu.py, e.g. --train-seconds 120)
 #   bash benchmarks/gpu.sh dry OUT_DIR    # anywhere: the same code, tiny config, a few steps
 #
 # The GPU machine has jax, flax, optax, orbax, einops, tqdm, matplotlib and pillow but no
@@ -35,11 +36,11 @@ case "${1:-}" in
     export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
     flags=()
     [ "$1" = dry ] && flags=(--dry)
-    "$PYTHON" -m benchmarks.gpu "${flags[@]}" --clips .gpu/clips.npz --out "$out/gpu.json" \
+    "$PYTHON" -m benchmarks.gpu "${flags[@]}" "${@:3}" --clips .gpu/clips.npz --out "$out/gpu.json" \
       2>&1 | tee "$out/gpu.log"
     ;;
   *)
-    sed -n '2,13p' "$0"
+    sed -n '2,14p' "$0"
     exit 2
     ;;
 esac

@@ -29,8 +29,10 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert report["play"]["fps"] > 0 and report["play"]["maskgit_steps"] == 8
     training = report["tokenizer_training"]
     assert len(training["curve"]) == 2 and training["steps"] > 1
-    # Random clips: the PSNR is a real, finite measurement of those test clips.
-    assert all(0 < point["test_psnr"] < 40 for point in training["curve"])
+    # Uniform random pixels: a prediction that ignores them scores at most 10.8 dB (MSE 1/12 at
+    # mid-grey, where the untrained decoder starts), and one on the wrong scale (pixels / 255)
+    # about 4.8 dB; 2 seconds of training cannot reconstruct noise much beyond that.
+    assert all(9.0 < point["test_psnr"] < 14.0 for point in training["curve"])
 
 
 def test_export_writes_the_first_clips_of_each_split(tmp_path, monkeypatch):
