@@ -121,7 +121,9 @@ def train_tokenizer_for(config: Config, clips: dict, seconds: float, evals: int 
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, save=lambda report: None) -> dict:
+    """Runs the three parts, calling `save(report)` after each, so a run cut short by its time
+    limit still leaves the figures it has."""
     from flax import nnx
 
     from benchmarks.play import benchmark_world
@@ -156,10 +158,12 @@ def run(args: argparse.Namespace) -> dict:
         result = benchmark_stage(config, stage, steps, batch)
         report["training"].append(result)
         print(json.dumps(result), flush=True)
+        save(report)
 
     models = {name: build_model(config, name, nnx.Rngs(0)) for name in MODELS}
     report["play"] = benchmark_world(World(config, models), 3 if args.dry else args.play_frames)
     print(json.dumps(report["play"]), flush=True)
+    save(report)
 
     clips = dict(np.load(args.clips))
     tokenizer_config = config
@@ -178,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
         tokenizer_config, clips, seconds, evals=2 if args.dry else 6
     )
     print(json.dumps(report["tokenizer_training"]), flush=True)
+    save(report)
     return report
 
 
@@ -186,10 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="gpu.json", help="the JSON report")
     parser.add_argument("--clips", default=".gpu/clips.npz", help="clips from --export-clips")
     parser.add_argument("--dry", action="store_true", help="tiny config, a few steps, any device")
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    # lam_dynamics is left out by default: on an H200 (2026-11-28) the 8-minute slot ran out
+    # while it compiled at `coinrun`, and its step is the LAM's and the dynamics' together.
+    parser.add_argument(
+        "--stages", nargs="+", default=["tokenizer", "lam", "dynamics"], choices=STAGES
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
     parser.add_argument("--play-frames", type=int, default=30, help="timed play frames")
-    parser.add_argument("--train-seconds", type=float, default=150.0)
+    parser.add_argument("--train-seconds", type=float, default=60.0)
     parser.add_argument(
         "--export-clips", metavar="PATH", help="write clips for part 3 to PATH and exit"
     )
@@ -204,9 +213,18 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"wrote {args.export_clips}: {shapes}")
         return
-    report = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+
+    def save(report: dict) -> None:
+        report["elapsed_s"] = round(time.perf_counter() - start, 1)  # compilation included
+        partial = out.with_suffix(".partial")
+        partial.write_text(json.dumps(report, indent=2) + "\n")
+        partial.replace(out)  # never a half-written report
+
+    run(args, save)
     print(f"wrote {args.out}")
 
 

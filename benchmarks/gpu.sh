@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accelerator figures of benchmarks/gpu.py, prepared on a development machine and run on one
-# GPU (sized for an 8-minute slot; not yet timed on a GPU), writing one JSON file.
+# GPU (sized for an 8-minute slot), writing one JSON file, rewritten after each part.
 #
 #   bash benchmarks/gpu.sh prepare        # here: .whl/ (packages the GPU image lacks) and
 #                                         # .gpu/clips.npz (clips of a built CoinRun dataset)
@@ -9,9 +9,10 @@
 #   bash benchmarks/gpu.sh dry OUT_DIR    # anywhere: the same code, tiny config, a few steps
 #
 # The GPU machine has jax, flax, optax, orbax, einops, tqdm, matplotlib and pillow but no
-# package index: `prepare` downloads the rest as wheels (dm-pix, which genie.metrics imports,
-# and the flax genie is tested with) and `run` installs them into /tmp/genie-site without
-# touching the image.
+# package index: `prepare` downloads the rest as wheels (dm-pix, which genie.metrics imports)
+# and `run` installs them into /tmp/genie-site without touching the image. The image's own flax
+# is used: on 2026-11-28 it held jax 0.11.2 and flax 0.12.10, which ran genie, while the flax
+# 0.12.8 genie is tested with here fails to import under jax 0.11.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -21,7 +22,7 @@ case "${1:-}" in
     dataset=${DATASET:-coinrun_cpu}
     mkdir -p .whl .gpu
     "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
-      --implementation cp --platform manylinux2014_x86_64 -d .whl 'dm-pix>=0.4.5' 'flax==0.12.8'
+      --implementation cp --platform manylinux2014_x86_64 -d .whl 'dm-pix>=0.4.5'
     "$PYTHON" -m benchmarks.gpu --export-clips .gpu/clips.npz --dataset "$dataset"
     du -sh .whl .gpu
     ;;
@@ -40,7 +41,7 @@ case "${1:-}" in
       2>&1 | tee "$out/gpu.log"
     ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,16p' "$0"
     exit 2
     ;;
 esac

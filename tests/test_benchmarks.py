@@ -7,7 +7,12 @@ import json
 
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+
 from benchmarks import gpu
+from benchmarks.train import step_flops
+from genie.config import load_experiment
 
 
 def test_dry_run_writes_every_figure(tmp_path):
@@ -23,8 +28,15 @@ def test_dry_run_writes_every_figure(tmp_path):
     report = json.loads(out.read_text())
     assert report["dry"] and report["dtype"] == "bfloat16" and report["config"] == "coinrun_tiny"
     assert [r["stage"] for r in report["training"]] == ["tokenizer", "lam"]
+    config = load_experiment("coinrun_tiny")
+    patch = {"tokenizer": config.tokenizer.patch_size, "lam": config.lam.patch_size}
     for result in report["training"]:
-        assert result["frames_per_s"] > 0 and result["tflops_per_step"] > 0
+        assert result["frames_per_s"] > 0
+        # A training step costs about 6 FLOPs per parameter per token (forward 2, backward 4);
+        # 4 is a floor that a count missing the matrix products (as a GPU's compiled
+        # analysis does) falls far below.
+        tokens = result["batch"] * config.data.clip_frames * (64 // patch[result["stage"]]) ** 2
+        assert result["tflops_per_step"] * 1e12 >= 4 * result["params"] * tokens
         assert result["mfu"] is None  # no peak rate is known for a CPU
     assert report["play"]["fps"] > 0 and report["play"]["maskgit_steps"] == 8
     training = report["tokenizer_training"]
@@ -33,6 +45,11 @@ def test_dry_run_writes_every_figure(tmp_path):
     # mid-grey, where the untrained decoder starts), and one on the wrong scale (pixels / 255)
     # about 4.8 dB; 2 seconds of training cannot reconstruct noise much beyond that.
     assert all(9.0 < point["test_psnr"] < 14.0 for point in training["curve"])
+
+
+def test_step_flops_counts_a_matrix_product_by_hand():
+    lowered = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
+    assert step_flops(lowered) == 2 * 64 * 32 * 16
 
 
 def test_export_writes_the_first_clips_of_each_split(tmp_path, monkeypatch):
