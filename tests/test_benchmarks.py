@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import gpu
 from benchmarks.train import step_flops
@@ -35,7 +34,8 @@ def test_dry_run_writes_every_figure(tmp_path):
         # A training step costs about 6 FLOPs per parameter per token (forward 2, backward 4);
         # 4 is a floor that a count missing the matrix products (as a GPU's compiled
         # analysis does) falls far below.
-        tokens = result["batch"] * config.data.clip_frames * (64 // patch[result["stage"]]) ** 2
+        per_frame = (config.data.image_size // patch[result["stage"]]) ** 2
+        tokens = result["batch"] * config.data.clip_frames * per_frame
         assert result["tflops_per_step"] * 1e12 >= 4 * result["params"] * tokens
         assert result["mfu"] is None  # no peak rate is known for a CPU
     assert report["play"]["fps"] > 0 and report["play"]["maskgit_steps"] == 8
