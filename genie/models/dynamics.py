@@ -95,12 +95,15 @@ class TokenHead:
         """(...) int ids -> (..., F) int32 digits (`genie.models.fsq.id_digits`)."""
         return id_digits(ids, self.levels)
 
+    def digit_rows(self, ids: jax.Array) -> jax.Array:
+        """(...) ids -> (..., F) int32: which of the V logits (or embedding rows) each digit is."""
+        return self.digits(ids) + self.offsets()
+
     def one_hot(self, ids: jax.Array) -> jax.Array:
         """(...) ids -> (..., V) float32: 1 on the id's logit, or on each of its digits' logits."""
         if not self.factorized:
             return jax.nn.one_hot(ids, self.num_codes, dtype=jnp.float32)
-        rows = self.digits(ids) + self.offsets()
-        return jax.nn.one_hot(rows, self.width, dtype=jnp.float32).sum(-2)
+        return jax.nn.one_hot(self.digit_rows(ids), self.width, dtype=jnp.float32).sum(-2)
 
     def _groups(self, logits: jax.Array) -> list[jax.Array]:
         return jnp.split(logits, self.offsets()[1:], axis=-1)
@@ -206,8 +209,7 @@ class DynamicsModel(nnx.Module):
     def embed_tokens(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """(..., N) int32 token ids, (..., N) bool mask -> (..., N, D); masked ids become [MASK]."""
         if self.head.factorized:
-            rows = self.head.digits(tokens) + self.head.offsets()
-            embedded = self.token_embedding(rows).sum(-2)
+            embedded = self.token_embedding(self.head.digit_rows(tokens)).sum(-2)
         else:
             embedded = self.token_embedding(tokens)
         return jnp.where(mask[..., None], self.mask_embedding[...].astype(embedded.dtype), embedded)
