@@ -194,11 +194,17 @@ def main(argv: list[str] | None = None) -> None:
     # lam_dynamics is left out by default: on an H200 (2026-11-28) the 8-minute slot ran out
     # while it compiled at `coinrun`, and its step is the LAM's and the dynamics' together.
     parser.add_argument(
-        "--stages", nargs="+", default=["tokenizer", "lam", "dynamics"], choices=STAGES
+        "--stages",
+        nargs="+",
+        default=["tokenizer", "lam", "dynamics"],
+        choices=STAGES,
+        help="stages whose training step is timed (default: tokenizer lam dynamics)",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
     parser.add_argument("--play-frames", type=int, default=30, help="timed play frames")
-    parser.add_argument("--train-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--train-seconds", type=float, default=60.0, help="tokenizer training on real clips"
+    )
     parser.add_argument(
         "--export-clips", metavar="PATH", help="write clips for part 3 to PATH and exit"
     )
