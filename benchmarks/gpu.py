@@ -203,7 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
     parser.add_argument("--play-frames", type=int, default=30, help="timed play frames")
     parser.add_argument(
-        "--train-seconds", type=float, default=60.0, help="tokenizer training on real clips"
+        "--train-seconds",
+        type=float,
+        default=60.0,
+        help="seconds of tokenizer training on real clips (default: 60)",
     )
     parser.add_argument(
         "--export-clips", metavar="PATH", help="write clips for part 3 to PATH and exit"
