@@ -86,12 +86,46 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Arr
     implementation = attention_implementation(q.dtype, q.shape[-1])
     if implementation == "cudnn":
         try:
-            return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+            return attend_padded(q, k, v, causal=causal, implementation="cudnn")
         except (NotImplementedError, ValueError, RuntimeError) as error:
             logging.getLogger("genie").warning(
                 "cuDNN attention refused %s queries (%s); using XLA", q.shape, error
             )
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+
+# cuDNN's fused attention refused odd sequence lengths on an H200 (the 15-frame temporal windows
+# and 257-token spatial sequences of `coinrun`; jax's own check, `check_is_flash_attention`,
+# asks training shapes with a bias for even lengths), so those are padded to a multiple of this.
+CUDNN_LENGTH_MULTIPLE = 2
+
+
+def attend_padded(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool,
+    implementation: str,
+    multiple: int = CUDNN_LENGTH_MULTIPLE,
+) -> jax.Array:
+    """`jax.nn.dot_product_attention` with the length L of (M, L, heads, head_dim) padded up to a
+    multiple of `multiple` and cut back: the same result as without padding. The padding comes
+    after every real position, so a causal mask already hides it from the real queries; without
+    one, `key_value_seq_lengths` does. Padded queries are computed and dropped."""
+    length = q.shape[1]
+    padded = -(-length // multiple) * multiple
+    if padded == length:
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, implementation=implementation
+        )
+    widths = ((0, 0), (0, padded - length), (0, 0), (0, 0))
+    q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
+    lengths = None if causal else jnp.full((q.shape[0],), length, jnp.int32)
+    attended = jax.nn.dot_product_attention(
+        q, k, v, is_causal=causal, key_value_seq_lengths=lengths, implementation=implementation
+    )
+    return attended[:, :length]
 
 
 class Attention(nnx.Module):

@@ -115,6 +115,34 @@ def test_attention_falls_back_to_xla_when_cudnn_refuses(monkeypatch, caplog):
     assert "cuDNN attention refused" in caplog.text
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length, multiple", [(15, 2), (257, 2), (5, 8), (6, 2)])
+def test_padded_attention_equals_unpadded_in_values_and_gradients(causal, length, multiple):
+    """The padding cuDNN gets for odd lengths changes nothing: padded keys are hidden (by the
+    causal mask, or by key lengths without one) and padded queries dropped, in the forward pass
+    and in the gradients of q, k and v. Dropping the key lengths (padded keys visible to the
+    non-causal queries) fails this."""
+    q, k, v = jax.random.normal(jax.random.key(length), (3, 2, length, 2, 8))
+    upstream = jax.random.normal(jax.random.key(1), (2, length, 2, 8))
+
+    def plain(q, k, v):
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+        return jnp.sum(out * upstream)
+
+    def padded(q, k, v):
+        out = st_transformer.attend_padded(
+            q, k, v, causal=causal, implementation="xla", multiple=multiple
+        )
+        assert out.shape == q.shape
+        return jnp.sum(out * upstream)
+
+    expected, expected_grads = jax.value_and_grad(plain, argnums=(0, 1, 2))(q, k, v)
+    value, grads = jax.value_and_grad(padded, argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_remat_recomputes_blocks_with_the_same_values_and_gradients():
     """remat=True: the backward pass recomputes each block (a remat/checkpoint in the gradient's
     program) and gives the same outputs and gradients as keeping the activations."""
