@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -292,6 +293,11 @@ def _scored_on(row: dict) -> str:
     return f" (scored on {scored})" if scored and trained and scored != trained else ""
 
 
+def _cpu_seconds(row: dict) -> str:
+    cpu = row.get("train_cpu_seconds")
+    return "-" if cpu is None or math.isnan(cpu) else f"{cpu:.0f}"
+
+
 def _edge_interior(row: dict) -> str:
     if "edge_psnr" not in row:
         return "-"
@@ -308,7 +314,7 @@ def write_table() -> None:
     lines = [
         f"| {r['base']} | {r['variant']} | `{r['overrides'] or '-'}`{_scored_on(r)} | "
         f"{r.get('trained_steps') or r['steps']} x {r['batch']} | {r['parameters'] / 1e3:.0f}k | "
-        f"{r['train_seconds']:.0f} ({r['train_cpu_seconds']:.0f}) | "
+        f"{r['train_seconds']:.0f} ({_cpu_seconds(r)}) | "
         f"{r['train_psnr'] or float('nan'):.2f} | **{r['psnr']:.2f}** | "
         f"{_edge_interior(r)} | "
         f"{r['codes_used']:.2f} | {r['perplexity']:.0f} |"
