@@ -121,6 +121,11 @@ class LAMConfig:
     # masks of MaskLAM (arXiv 2602.02259), which weights the loss toward the agent.
     center_weight: float = 0.0
     center_size: int = 16
+    # Hide that central square of x_t from the decoder (grey, in its input pixels and in what
+    # its kernels resample), so what the agent looks like next (which way it faces, whether it
+    # stands, walks or jumps) must come from the latent action instead of from the sprite it
+    # already sees; the sprite's facing follows the sign of the horizontal action at every step.
+    decoder_hide_center: bool = False
     # "vq": the decoder reads the quantised action (Genie). "continuous": it reads the encoder's
     # unit-norm latent before quantisation (the VQ still trains and names the action): a check
     # that the encoder carries the signal at all before a discrete bottleneck (LAOM).

@@ -69,6 +69,9 @@ OPTIONS: dict[str, list[str]] = {
     # Finite scalar quantisation (genie.models.fsq): 3 x 2 levels = the recipe's 6 codes, no
     # codebook to collapse.
     "fsq": ["--lam.quantizer", "fsq", "--lam.fsq-levels", "3", "2", "--lam.code-dim", "2"],
+    # The decoder does not see the central square of x_t, where CoinRun draws the agent: how it
+    # looks next (facing, pose) must come from the code.
+    "hide": ["--lam.decoder-hide-center"],
 }
 
 

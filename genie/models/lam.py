@@ -21,7 +21,9 @@ Design:
   a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own (plus, with
   `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far). With
   `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
-  patch of x_t (`resample`), so the prediction is x_t moved plus a change.
+  patch of x_t (`resample`), so the prediction is x_t moved plus a change. With
+  `decoder_hide_center` the decoder sees x_t with its central square (where a camera-centred
+  game draws the agent) greyed out.
 - Encoder inputs: the patches of each frame, optionally with their difference from the
   previous frame (`encoder_differences`) and a local cost volume of small shifts between the
   two (`motion_size`, `motion_costs`).
@@ -170,6 +172,9 @@ class LatentActionModel(nnx.Module):
         if config.center_weight and not 0 < config.center_size <= image_size:
             raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
         self.center_weight, self.center_size = config.center_weight, config.center_size
+        if config.decoder_hide_center and not 0 < config.center_size <= image_size:
+            raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
+        self.decoder_hide_center = config.decoder_hide_center
         self.encoder_lookahead = config.encoder_lookahead
         if config.encoder_lookahead < 0:
             raise ValueError(f"encoder_lookahead must be >= 0, got {config.encoder_lookahead}")
@@ -255,6 +260,10 @@ class LatentActionModel(nnx.Module):
         `motion`: the clip's `self.motion(frames)` where already computed.
         """
         context = frames_to_unit(frames[:, :-1])
+        if self.decoder_hide_center:
+            # Mid-grey where the agent is drawn: its next look has to come from the action.
+            hidden = center_weights(self.image_size, self.center_size, 1.0) > 1.0
+            context = jnp.where(hidden, 0.5, context)
         patches = patchify(context * 2.0 - 1.0, self.patch_size)  # (B, T-1, N, P*P*C)
         if self.decoder_motion:
             # Frame t's costs compare x_{t-1} with x_t (zero for the first frame): the motion

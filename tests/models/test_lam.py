@@ -442,3 +442,32 @@ def test_training_forward_shares_one_cost_volume_with_the_decoder():
         model, changed, out["actions"]
     )
     np.testing.assert_allclose(moved, alone, rtol=1e-6, atol=1e-6)
+
+
+def test_hidden_centre_decoder_never_reads_the_centre_of_x_t_but_the_encoder_does():
+    """decoder_hide_center: the central center_size square of x_t (where a camera-centred game
+    draws the agent) is invisible to the decoder, in its input and in what its kernels move,
+    so new pixels there change no prediction; the same change moves a decoder that sees it,
+    and the encoder (which names the action) still reads it."""
+    hidden = make_variant(
+        decoder_context="last", decoder_output="kernels", decoder_hide_center=True, center_size=4
+    )
+    seeing = make_variant(decoder_context="last", decoder_output="kernels", center_size=4)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    centre = frames.at[:, :, 2:6, 2:6].set(255 - frames[:, :, 2:6, 2:6])
+    np.testing.assert_array_equal(
+        reconstruct(hidden, centre, actions), reconstruct(hidden, frames, actions)
+    )
+    assert (
+        np.abs(reconstruct(seeing, centre, actions) - reconstruct(seeing, frames, actions)).max()
+        > 0
+    )
+    outside = frames.at[:, :, 0, 0].set(255 - frames[:, :, 0, 0])
+    assert (
+        np.abs(reconstruct(hidden, outside, actions) - reconstruct(hidden, frames, actions)).max()
+        > 0
+    )
+    assert np.abs(encode(hidden, centre) - encode(hidden, frames)).max() > 0
+    with pytest.raises(ValueError, match="center_size 9"):
+        make_variant(decoder_hide_center=True, center_size=9)
