@@ -135,6 +135,15 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    ΔtPSNR@4 1.18 against 0.98, masked-token accuracy 0.50 against 0.70. Trained alone on the
    CPU in 4.5 min (5.7 shared for 4^4). Chosen for the demo: the better tokenizer costs the
    rollout nothing measurable and the actions matter more.
+11. The same move for `coinrun_cpu` (`copy6_fact+fsq8888` on base coinrun_cpu: its FSQ 8^4
+   tokenizer, 14000 x 4, 25.22 dB on all validation clips against 24.15 for the recipe's 4^4,
+   tokenizer.md; the recipe's patch-8 LAM; dynamics 5000 x 8 as the recipe): the rollout is
+   worse at every t, by 0.5-0.9 dB: minus the floor +0.48, +1.34, +1.69, +1.92, +2.12, +1.95,
+   +1.99, +1.78 dB against +1.20, +2.04, +2.43, +2.69, +2.82, +2.68, +2.76, +2.67 for the
+   recipe's world (its `genie eval` on the same 64 validation clips, temperature 0), ΔtPSNR@4
+   2.62 against 3.35. Over 5000 steps the dynamics model gains more from the easier 4^4 tokens
+   than the 8^4 tokenizer's extra fidelity gives the first frame: `coinrun_cpu` keeps 4^4.
+   (16 min, the CPU shared with a LAM ablation.)
 """
 
 
