@@ -18,7 +18,10 @@ grain, so part 3 reads clips exported here (`--export-clips`: the first clips of
 dataset's train and test splits, as one compressed .npz) and trains with its own short loop
 over `genie.train.compile_ready_step`, without checkpoints or the data loader. `--dry` runs
 the same code on the demo's tiny config for a few steps, so CPU tests keep it working.
-`benchmarks/gpu.sh` prepares and runs all of it.
+`benchmarks/gpu.sh` prepares and runs all of it. `--profile` also traces three steps of each
+stage after its timed ones (`jax.profiler`, into a `profile/` folder beside the report) and
+adds each stage's busiest kernels to the report (`benchmarks.trace_summary`): where a low MFU
+comes from.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks.trace_summary import summarize
 from genie.config import STAGES, Config, load_experiment
 
 
@@ -155,7 +159,12 @@ def run(args: argparse.Namespace, save=lambda report: None) -> dict:
     report["training"] = []
     for stage in args.stages:
         batch = 2 if args.dry else None
-        result = benchmark_stage(config, stage, steps, batch)
+        profile_dir = Path(args.out).parent / "profile" / stage if args.profile else None
+        result = benchmark_stage(config, stage, steps, batch, profile_dir)
+        if profile_dir is not None:
+            # The busiest kernels of three traced steps, per device and for the host; the
+            # whole trace stays in profile_dir for TensorBoard / XProf.
+            result["profile"] = summarize(profile_dir, top=15)
         report["training"].append(result)
         print(json.dumps(result), flush=True)
         save(report)
@@ -201,6 +210,12 @@ def main(argv: list[str] | None = None) -> None:
         help="stages whose training step is timed (default: tokenizer lam dynamics)",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per stage")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also trace 3 steps of each stage into OUT's folder/profile/STAGE and put their "
+        "busiest kernels in the report (benchmarks/trace_summary.py)",
+    )
     parser.add_argument("--play-frames", type=int, default=30, help="timed play frames")
     parser.add_argument(
         "--train-seconds",

@@ -44,10 +44,12 @@ def step_flops(lowered) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def time_step(step_fn, state, frozen_state, frames, steps: int):
+def time_step(step_fn, state, frozen_state, frames, steps: int, profile_dir=None):
     """Compiles `step_fn(state, frozen_state, frames, key) -> (state, out)` (which donates
     `state`), runs it once to warm up, then `steps` times on the same frames with a new key
-    each. Returns (seconds per step, FLOPs per step from XLA's cost analysis, the last out)."""
+    each. Returns (seconds per step, FLOPs per step from XLA's cost analysis, the last out).
+    With `profile_dir`, three more steps run afterwards under `jax.profiler.trace` (outside the
+    timed ones, which tracing would slow): `benchmarks.trace_summary` reads it."""
     key = jax.random.key(0)
     lowered = step_fn.lower(state, frozen_state, frames, key)
     flops = step_flops(lowered)
@@ -58,10 +60,22 @@ def time_step(step_fn, state, frozen_state, frames, steps: int):
     for i in range(steps):
         state, out = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
     jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps, flops, out
+    seconds = (time.perf_counter() - start) / steps
+    if profile_dir is not None:
+        with jax.profiler.trace(str(profile_dir)):
+            for i in range(3):
+                state, out = compiled(
+                    state, frozen_state, frames, jax.random.fold_in(key, steps + i)
+                )
+            jax.block_until_ready(out)
+    return seconds, flops, out
 
 
-def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | None) -> dict:
+def benchmark_stage(
+    config: Config, stage: str, steps: int, batch_size: int | None, profile_dir=None
+) -> dict:
+    """Frames/s, steps/s, FLOPs per step and MFU of `stage`'s training step on random clips;
+    with `profile_dir` also a trace of three steps there (`time_step`)."""
     train = config.train(stage)
     if batch_size:
         config = dataclasses.replace(
@@ -91,7 +105,7 @@ def benchmark_stage(config: Config, stage: str, steps: int, batch_size: int | No
     frames = jax.device_put(
         np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8), batch_sharding(mesh)
     )
-    seconds, flops, _ = time_step(step_fn, state, frozen_state, frames, steps)
+    seconds, flops, _ = time_step(step_fn, state, frozen_state, frames, steps, profile_dir)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(models, nnx.Param)))
     peak = peak_flops(jax.devices()[0])
     return {

@@ -47,6 +47,74 @@ def test_dry_run_writes_every_figure(tmp_path):
     assert all(9.0 < point["test_psnr"] < 14.0 for point in training["curve"])
 
 
+def test_profiled_dry_run_reports_the_busiest_operations(tmp_path):
+    """--profile: each timed stage also leaves a jax.profiler trace beside the report, and the
+    report names its busiest operations (on a CPU, the host's XLA fusions)."""
+    rng = np.random.default_rng(0)
+    clips = tmp_path / "clips.npz"
+    np.savez_compressed(
+        clips,
+        train=rng.integers(0, 256, (4, 16, 64, 64, 3), dtype=np.uint8),
+        test=rng.integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8),
+    )
+    out = tmp_path / "gpu.json"
+    gpu.main(["--dry", "--clips", str(clips), "--out", str(out), "--stages", "lam", "--profile"])
+    (result,) = json.loads(out.read_text())["training"]
+    assert list((tmp_path / "profile" / "lam").glob("plugins/profile/*/*.xplane.pb"))
+    processes = result["profile"]["processes"]
+    host = next(entry for name, entry in processes.items() if "CPU" in name)
+    assert host["busy_ms"] > 0 and 0 < len(host["top"]) <= 15
+    shares = [row["share"] for row in host["top"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-6
+
+
+def test_trace_summary_sums_event_durations_by_process_and_name(tmp_path):
+    """A hand-written trace: durations (microseconds) summed per process and name, shares of
+    the process's total, metadata and instant events ignored, the newest trace read."""
+    import gzip
+    import os
+
+    from benchmarks.trace_summary import format_summary, summarize
+
+    def write(run, events, mtime):
+        folder = tmp_path / "plugins" / "profile" / run
+        folder.mkdir(parents=True)
+        path = folder / "host.trace.json.gz"
+        with gzip.open(path, "wt") as file:
+            json.dump({"traceEvents": events}, file)
+        os.utime(path, (mtime, mtime))
+
+    meta = [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+    ]
+    write("old", [*meta, {"ph": "X", "pid": 1, "name": "stale", "dur": 9e9}], 1_000)
+    write(
+        "new",
+        [
+            *meta,
+            {"ph": "X", "pid": 1, "name": "gemm", "dur": 3000.0},
+            {"ph": "X", "pid": 1, "name": "softmax", "dur": 500.0},
+            {"ph": "X", "pid": 1, "name": "gemm", "dur": 1500.0},
+            {"ph": "X", "pid": 2, "name": "launch", "dur": 250.0},
+            {"ph": "i", "pid": 1, "name": "marker"},
+        ],
+        2_000,
+    )
+    summary = summarize(tmp_path, top=5)
+    gpu_entry = summary["processes"]["/device:GPU:0"]
+    assert list(summary["processes"]) == ["/device:GPU:0", "/host:CPU"]
+    assert gpu_entry["busy_ms"] == 5.0 and gpu_entry["events"] == 3
+    assert gpu_entry["top"] == [
+        {"name": "gemm", "ms": 4.5, "share": 0.9},
+        {"name": "softmax", "ms": 0.5, "share": 0.1},
+    ]
+    assert summary["processes"]["/host:CPU"]["top"] == [
+        {"name": "launch", "ms": 0.25, "share": 1.0}
+    ]
+    assert "90.0%" in format_summary(summary)
+
+
 def test_step_flops_counts_a_matrix_product_by_hand():
     lowered = jax.jit(lambda a, b: a @ b).lower(jnp.ones((64, 32)), jnp.ones((32, 16)))
     assert step_flops(lowered) == 2 * 64 * 32 * 16
