@@ -169,11 +169,10 @@ class LatentActionModel(nnx.Module):
         self.decoder_context = config.decoder_context
         self.relative_reconstruction = config.reconstruction_loss == "relative"
         self.bottleneck = config.bottleneck
-        if config.center_weight and not 0 < config.center_size <= image_size:
+        uses_center = config.center_weight or config.decoder_hide_center
+        if uses_center and not 0 < config.center_size <= image_size:
             raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
         self.center_weight, self.center_size = config.center_weight, config.center_size
-        if config.decoder_hide_center and not 0 < config.center_size <= image_size:
-            raise ValueError(f"center_size {config.center_size} must be in 1..{image_size}")
         self.decoder_hide_center = config.decoder_hide_center
         self.encoder_lookahead = config.encoder_lookahead
         if config.encoder_lookahead < 0:
