@@ -44,12 +44,17 @@ def step_flops(lowered) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
+# Steps traced with `profile_dir` after the timed ones: enough to see every kernel of a step
+# more than once, few enough that a GPU trace stays small.
+PROFILE_STEPS = 3
+
+
 def time_step(step_fn, state, frozen_state, frames, steps: int, profile_dir=None):
     """Compiles `step_fn(state, frozen_state, frames, key) -> (state, out)` (which donates
     `state`), runs it once to warm up, then `steps` times on the same frames with a new key
     each. Returns (seconds per step, FLOPs per step from XLA's cost analysis, the last out).
-    With `profile_dir`, three more steps run afterwards under `jax.profiler.trace` (outside the
-    timed ones, which tracing would slow): `benchmarks.trace_summary` reads it."""
+    With `profile_dir`, PROFILE_STEPS more steps run afterwards under `jax.profiler.trace`
+    (outside the timed ones, which tracing would slow): `benchmarks.trace_summary` reads it."""
     key = jax.random.key(0)
     lowered = step_fn.lower(state, frozen_state, frames, key)
     flops = step_flops(lowered)
@@ -63,10 +68,8 @@ def time_step(step_fn, state, frozen_state, frames, steps: int, profile_dir=None
     seconds = (time.perf_counter() - start) / steps
     if profile_dir is not None:
         with jax.profiler.trace(str(profile_dir)):
-            for i in range(3):
-                state, out = compiled(
-                    state, frozen_state, frames, jax.random.fold_in(key, steps + i)
-                )
+            for i in range(steps, steps + PROFILE_STEPS):
+                state, out = compiled(state, frozen_state, frames, jax.random.fold_in(key, i))
             jax.block_until_ready(out)
     return seconds, flops, out
 
@@ -75,7 +78,7 @@ def benchmark_stage(
     config: Config, stage: str, steps: int, batch_size: int | None, profile_dir=None
 ) -> dict:
     """Frames/s, steps/s, FLOPs per step and MFU of `stage`'s training step on random clips;
-    with `profile_dir` also a trace of three steps there (`time_step`)."""
+    with `profile_dir` also a trace of PROFILE_STEPS steps there (`time_step`)."""
     train = config.train(stage)
     if batch_size:
         config = dataclasses.replace(

@@ -14,14 +14,20 @@ from benchmarks.train import step_flops
 from genie.config import load_experiment
 
 
-def test_dry_run_writes_every_figure(tmp_path):
+def write_clips(tmp_path, train: int, test: int):
+    """Random 16-frame clips in the layout of `gpu.py --export-clips`: its part 3 reads them."""
     rng = np.random.default_rng(0)
     clips = tmp_path / "clips.npz"
     np.savez_compressed(
         clips,
-        train=rng.integers(0, 256, (6, 16, 64, 64, 3), dtype=np.uint8),
-        test=rng.integers(0, 256, (4, 16, 64, 64, 3), dtype=np.uint8),
+        train=rng.integers(0, 256, (train, 16, 64, 64, 3), dtype=np.uint8),
+        test=rng.integers(0, 256, (test, 16, 64, 64, 3), dtype=np.uint8),
     )
+    return clips
+
+
+def test_dry_run_writes_every_figure(tmp_path):
+    clips = write_clips(tmp_path, train=6, test=4)
     out = tmp_path / "gpu.json"
     gpu.main(["--dry", "--clips", str(clips), "--out", str(out), "--stages", "tokenizer", "lam"])
     report = json.loads(out.read_text())
@@ -49,14 +55,9 @@ def test_dry_run_writes_every_figure(tmp_path):
 
 def test_profiled_dry_run_reports_the_busiest_operations(tmp_path):
     """--profile: each timed stage also leaves a jax.profiler trace beside the report, and the
-    report names its busiest operations (on a CPU, the host's XLA fusions)."""
-    rng = np.random.default_rng(0)
-    clips = tmp_path / "clips.npz"
-    np.savez_compressed(
-        clips,
-        train=rng.integers(0, 256, (4, 16, 64, 64, 3), dtype=np.uint8),
-        test=rng.integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8),
-    )
+    report names its busiest operations (on a CPU only the host's: XLA's thunks and the
+    Python calls around them; on a GPU also the device's kernels)."""
+    clips = write_clips(tmp_path, train=4, test=2)
     out = tmp_path / "gpu.json"
     gpu.main(["--dry", "--clips", str(clips), "--out", str(out), "--stages", "lam", "--profile"])
     (result,) = json.loads(out.read_text())["training"]
