@@ -45,6 +45,11 @@ GENIE_LAM = [
 ]
 OPTIONS: dict[str, list[str]] = {
     "last": ["--lam.decoder-context", "last"],
+    # The decoder reads all of x_1..x_t again (Genie's choice), now with the recipe's kernels,
+    # motion and relative loss: history could tell it the velocity, leaving the code the change
+    # of velocity an action makes (docs/ablations/action_bound.md: history is what lets a
+    # supervised reader tell left from right).
+    "all": ["--lam.decoder-context", "all"],
     "kernels": ["--lam.decoder-output", "kernels"],
     "motion": ["--lam.motion-size", "5"],
     "rel": ["--lam.reconstruction-loss", "relative"],
