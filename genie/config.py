@@ -147,7 +147,12 @@ class LAMConfig:
     # divided by the batch's repeat-the-last-frame error, so it is O(1) like the VQ terms
     # instead of O(0.01), and the encoder's latents follow the reconstruction, not only the
     # commitment pull toward the codes.
-    reconstruction_loss: Literal["mse", "relative"] = "mse"
+    # "relative_capped": each transition's error in units of its own repeat-the-last-frame
+    # error, or of the batch's mean one where its own is smaller: a fall of 3 px then counts
+    # like an average transition instead of outweighing the 1 px scrolls that tell left from
+    # right (docs/ablations/lam.md, item 5), while still and near-still transitions keep the
+    # batch's unit (their own would be about 0).
+    reconstruction_loss: Literal["mse", "relative", "relative_capped"] = "mse"
     # How the decoder draws x_{t+1}. "pixels": each patch token emits the change of its P*P*C
     # pixels (Genie). "kernels": each patch token also emits a softmax over a kernel_size x
     # kernel_size neighbourhood, and the patch's pixels are x_t resampled with that kernel plus

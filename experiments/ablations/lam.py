@@ -53,6 +53,9 @@ OPTIONS: dict[str, list[str]] = {
     "kernels": ["--lam.decoder-output", "kernels"],
     "motion": ["--lam.motion-size", "5"],
     "rel": ["--lam.reconstruction-loss", "relative"],
+    # Each transition in its own repeat-last-frame units where it changes more than the batch's
+    # mean: falls stop outweighing the small scrolls that tell left from right (item 5).
+    "capped": ["--lam.reconstruction-loss", "relative_capped"],
     "dmotion": ["--lam.decoder-motion"],
     "every": ["--lam.action-injection", "every_block"],
     "look2": ["--lam.encoder-lookahead", "2"],

@@ -28,7 +28,8 @@ Design:
   previous frame (`encoder_differences`) and a local cost volume of small shifts between the
   two (`motion_size`, `motion_costs`).
 - Loss: pixel MSE (optionally weighted toward changed or central pixels, or divided by the
-  repeat-the-last-frame error: `reconstruction_loss="relative"`) plus the VQ terms.
+  repeat-the-last-frame error: `reconstruction_loss="relative"`, per transition with
+  "relative_capped") plus the VQ terms.
 
 Which of these options make the latent follow what moves in random-play CoinRun, and why
 Genie's own choices collapse to one code at CPU scale, is measured in docs/ablations/lam.md.
@@ -167,7 +168,7 @@ class LatentActionModel(nnx.Module):
         self.code_dim = config.code_dim
         self.changed_pixel_weight = config.changed_pixel_weight
         self.decoder_context = config.decoder_context
-        self.relative_reconstruction = config.reconstruction_loss == "relative"
+        self.reconstruction_loss = config.reconstruction_loss
         self.bottleneck = config.bottleneck
         uses_center = config.center_weight or config.decoder_hide_center
         if uses_center and not 0 < config.center_size <= image_size:
@@ -355,12 +356,20 @@ def lam_loss(
     weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
     weight = weight * center_weights(frames.shape[2], model.center_size, model.center_weight)
     reconstruction = jnp.mean(weight * squared_error)
-    if model.relative_reconstruction:
+    if model.reconstruction_loss != "mse":
         # In units of the batch's own change: 1 is no better than repeating x_t. Raw pixel MSE
         # is about 0.01 here, so its gradient would be a whisper next to the VQ terms (about
         # 0.1-1), which then decide alone where the encoder's latents go.
-        repeat_error = jnp.mean(weight * (target - frames_to_unit(frames[:, :-1])) ** 2)
-        reconstruction = reconstruction / jax.lax.stop_gradient(jnp.maximum(repeat_error, 1e-6))
+        repeat = weight * (target - frames_to_unit(frames[:, :-1])) ** 2
+        unit = jnp.maximum(jnp.mean(repeat), 1e-6)
+        if model.reconstruction_loss == "relative_capped":
+            # Each transition in its own units where it changes more than the batch's mean.
+            pixel_axes = (2, 3, 4)
+            unit = jnp.maximum(jnp.mean(repeat, axis=pixel_axes), unit)  # (B, T-1)
+            error = jnp.mean(weight * squared_error, axis=pixel_axes)
+            reconstruction = jnp.mean(error / jax.lax.stop_gradient(unit))
+        else:
+            reconstruction = reconstruction / jax.lax.stop_gradient(unit)
     loss = reconstruction + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)

@@ -368,6 +368,25 @@ def test_relative_reconstruction_is_the_error_in_units_of_repeating_the_last_fra
     np.testing.assert_allclose(reconstruction, float(metrics["mse"]) / repeat_error, rtol=1e-4)
 
 
+def test_capped_relative_reconstruction_puts_big_changes_in_their_own_units():
+    frames = make_frames()
+    frames = frames.at[0, 2].set(255 - frames[0, 1])  # transition 1 of clip 0 changes most
+    key = jax.random.key(0)
+    loss, metrics = lam_loss(make_variant(reconstruction_loss="relative_capped"), frames, key)
+    reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
+    # The same model's prediction, recomputed: lam_loss draws its VQ key first.
+    twin = make_variant(reconstruction_loss="relative_capped")
+    predicted = twin(frames, training=True, key=jax.random.split(key)[0])["reconstruction"]
+    unit = np.asarray(frames, np.float64) / 255.0
+    error = np.mean((np.asarray(predicted, np.float64) - unit[:, 1:]) ** 2, axis=(2, 3, 4))
+    repeat = np.mean((unit[:, 1:] - unit[:, :-1]) ** 2, axis=(2, 3, 4))  # (B, T-1)
+    expected = np.mean(error / np.maximum(repeat, repeat.mean()))
+    np.testing.assert_allclose(reconstruction, expected, rtol=1e-4)
+    # The big transition counts in its own units, not the batch's: not what "relative" gives.
+    assert repeat[0, 1] > 1.5 * repeat.mean()
+    assert abs(expected - error.mean() / repeat.mean()) > 0.01 * expected
+
+
 def test_decoder_motion_reads_the_motion_so_far_and_never_the_frame_it_predicts():
     model = make_variant(decoder_context="last", motion_size=3, decoder_motion=True)
     frames = make_frames()
