@@ -23,3 +23,19 @@ def latest_rows(path: Path) -> list[dict]:
             row = json.loads(line)
             latest[row["base"], row["variant"]] = row
     return list(latest.values())
+
+
+def action_classes(config):
+    """The classes (and the left/none/right group) that `config`'s dataset declares for its
+    true actions (CoinRun's builder writes them), for scoring codes against them; an error
+    naming the dataset where it declares none."""
+    from data_pipelines.loader import dataset_info
+    from genie import metrics
+
+    metadata = dataset_info(config.data.dataset, config.data.data_dir)["build"].get("actions")
+    if metadata is None:
+        raise SystemExit(
+            f"error: dataset {config.data.dataset!r} declares no action classes; rebuild it "
+            "with --overwrite"
+        )
+    return metrics.ActionClasses.from_metadata(metadata, config.data.dataset)

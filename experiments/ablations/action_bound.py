@@ -39,7 +39,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from experiments.ablations import append_row, latest_rows
+from experiments.ablations import action_classes, append_row, latest_rows
 from genie import metrics
 from genie.config import Config, load_experiment
 from genie.models.lam import LatentActionModel
@@ -65,18 +65,6 @@ class ActionClassifier(nnx.Module):
 
     def __call__(self, frames: jax.Array) -> jax.Array:
         return self.head(self.lam.encode(frames))
-
-
-def action_classes(config: Config) -> metrics.ActionClasses:
-    from data_pipelines.loader import dataset_info
-
-    metadata = dataset_info(config.data.dataset, config.data.data_dir)["build"].get("actions")
-    if metadata is None:
-        raise SystemExit(
-            f"error: dataset {config.data.dataset!r} declares no action classes; rebuild it "
-            "with --overwrite"
-        )
-    return metrics.ActionClasses.from_metadata(metadata, config.data.dataset)
 
 
 def random_windows(

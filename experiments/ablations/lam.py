@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.ablations import append_row
+from experiments.ablations import action_classes, append_row
 from genie import metrics
 from genie.config import Config, load_experiment
 from genie.models.tokenizer import frames_to_unit
@@ -125,16 +125,9 @@ def _infer(lam, frames, key):
 
 
 def measure(lam, config: Config, split: str = "validation", batch: int = 32) -> dict:
-    from data_pipelines.loader import dataset_info, read_clips
+    from data_pipelines.loader import read_clips
 
-    # The classes and the left/none/right group CoinRun's builder declares for its actions.
-    metadata = dataset_info(config.data.dataset, config.data.data_dir)["build"].get("actions")
-    if metadata is None:
-        raise SystemExit(
-            f"error: dataset {config.data.dataset!r} declares no action classes; rebuild it "
-            "with --overwrite"
-        )
-    action_classes = metrics.ActionClasses.from_metadata(metadata, config.data.dataset)
+    classes_of = action_classes(config)
     data = read_clips(
         config.data.dataset,
         split,
@@ -151,8 +144,8 @@ def measure(lam, config: Config, split: str = "validation", batch: int = 32) -> 
         inferred_mse.append(np.asarray(i))
         random_mse.append(np.asarray(r))
     codes = np.concatenate(codes).reshape(-1)
-    classes = action_classes.classify(true_actions.reshape(-1))
-    horizontal = action_classes.group("horizontal", classes)
+    classes = classes_of.classify(true_actions.reshape(-1))
+    horizontal = classes_of.group("horizontal", classes)
     usage = metrics.code_usage(codes, lam.num_actions)
     six = metrics.probe_accuracy(codes, classes)
     three = metrics.probe_accuracy(codes, horizontal)
