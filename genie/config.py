@@ -161,6 +161,13 @@ class LAMConfig:
     # where the screen moves is exactly what the action says.
     decoder_output: Literal["pixels", "kernels"] = "pixels"
     kernel_size: int = 5
+    # With kernels, let each patch's kernel also take pixels from x_t mirrored left-right about
+    # the frame's vertical centre line (a second kernel_size x kernel_size set of taps, one
+    # softmax over both). A side-view game's sprite turns to face where it is told to go, and
+    # a camera-centred one (CoinRun's center_agent) draws it on that centre line, so a turn is
+    # the sprite mirrored in place: a few kernel weights instead of pixels a kernel could never
+    # move that far. Which way the agent turns is then cheap for the action to say.
+    decoder_mirror: bool = False
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,13 @@ OPTIONS: dict[str, list[str]] = {
     # The decoder does not see the central square of x_t, where CoinRun draws the agent: how it
     # looks next (facing, pose) must come from the code.
     "hide": ["--lam.decoder-hide-center"],
+    # The kernels may also take from x_t mirrored left-right: the agent turning to face where it
+    # is told to go becomes a few kernel weights the action can decide (item 17).
+    "mirror": ["--lam.decoder-mirror"],
+    # Kernels and cost volumes reaching 3 px instead of 2: CoinRun's fast falls move about 3 px
+    # per step, beyond what a 5x5 kernel can move or a 5x5 cost volume can see, so a decoder
+    # that knows the motion so far could still not carry a fall on by itself (item 18).
+    "k7": ["--lam.kernel-size", "7", "--lam.motion-size", "7"],
 }
 
 

@@ -21,7 +21,8 @@ Design:
   a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own (plus, with
   `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far). With
   `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
-  patch of x_t (`resample`), so the prediction is x_t moved plus a change. With
+  patch of x_t (`resample`), so the prediction is x_t moved plus a change (with
+  `decoder_mirror` the kernel can also take from x_t mirrored left-right). With
   `decoder_hide_center` the decoder sees x_t with its central square (where a camera-centred
   game draws the agent) greyed out.
 - Encoder inputs: the patches of each frame, optionally with their difference from the
@@ -67,6 +68,10 @@ _CHANGED_PIXEL_THRESHOLD = 0.05
 # (plus a little blur) while the other taps keep gradients big enough to learn to move: at 7
 # (0.98 at the centre) the softmax saturates and the kernels never leave the centre.
 _CENTRE_TAP_LOGIT = 4.0
+# Initial logit of every tap on the mirrored frame (`decoder_mirror`): their 25 weights together
+# start at about 0.04 of the kernel, so the centre tap keeps about 0.67 and the decoder starts
+# where the one without a mirror does, while each mirrored tap can still grow.
+_MIRROR_TAP_LOGIT = -2.0
 
 
 def _offsets(size: int) -> list[tuple[int, int]]:
@@ -200,9 +205,13 @@ class LatentActionModel(nnx.Module):
         self.kernel_size = config.kernel_size if config.decoder_output == "kernels" else 0
         if config.decoder_output == "kernels" and config.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {config.kernel_size}")
+        if config.decoder_mirror and not self.kernel_size:
+            raise ValueError('decoder_mirror adds kernel taps: set decoder_output="kernels"')
+        self.decoder_mirror = config.decoder_mirror
+        taps = self.kernel_size**2 * (2 if config.decoder_mirror else 1)
         self.decoder = STTransformer(
             patch_dim + decoder_motion_in + config.code_dim,
-            patch_dim + self.kernel_size**2,
+            patch_dim + taps,
             config.decoder,
             max_frames=max_frames - 1 if config.decoder_context == "all" else 1,
             condition_features=config.code_dim if every_block else 0,
@@ -214,6 +223,9 @@ class LatentActionModel(nnx.Module):
         if self.kernel_size:
             bias = self.decoder.output_projection.bias
             bias[...] = bias[...].at[patch_dim + self.kernel_size**2 // 2].set(_CENTRE_TAP_LOGIT)
+            if self.decoder_mirror:
+                mirrored = patch_dim + self.kernel_size**2
+                bias[...] = bias[...].at[mirrored:].set(_MIRROR_TAP_LOGIT)
 
     def _check(self, frames: jax.Array) -> None:
         check_frames(frames, self.image_size, "the latent action model")
@@ -291,9 +303,14 @@ class LatentActionModel(nnx.Module):
         delta = delta.astype(jnp.float32)
         if not self.kernel_size:
             return context + unpatchify(delta, self.patch_size, size, size)
-        patch_dim = delta.shape[-1] - self.kernel_size**2
+        taps = self.kernel_size**2
+        patch_dim = self.patch_size**2 * CHANNELS
         change, logits = delta[..., :patch_dim], delta[..., patch_dim:]
-        moved = resample(context, jax.nn.softmax(logits, axis=-1), self.patch_size)
+        weights = jax.nn.softmax(logits, axis=-1)
+        moved = resample(context, weights[..., :taps], self.patch_size)
+        if self.decoder_mirror:
+            # The same kernel's other taps read x_t mirrored left-right (axis 3: width).
+            moved = moved + resample(context[:, :, :, ::-1], weights[..., taps:], self.patch_size)
         return moved + unpatchify(change, self.patch_size, size, size)
 
     def infer_actions(self, frames: jax.Array) -> jax.Array:

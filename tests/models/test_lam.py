@@ -490,3 +490,33 @@ def test_hidden_centre_decoder_never_reads_the_centre_of_x_t_but_the_encoder_doe
     assert np.abs(encode(hidden, centre) - encode(hidden, frames)).max() > 0
     with pytest.raises(ValueError, match="center_size 9"):
         make_variant(decoder_hide_center=True, center_size=9)
+
+
+def test_mirror_taps_draw_x_t_mirrored_left_right_and_start_near_repeating_it():
+    """decoder_mirror: a kernel whose weight sits on the mirrored frame's centre tap draws x_t
+    flipped left-right (the width axis, not the height), a patch at a time; at initialisation the
+    mirrored taps hold little weight, so the decoder still starts near repeating x_t."""
+    options = dict(decoder_context="last", decoder_output="kernels", kernel_size=3)
+    mirror = make_variant(decoder_mirror=True, **options)
+    plain = make_variant(**options)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    last = np.asarray(frames[:, :-1]) / 255.0
+    start = np.asarray(reconstruct(mirror, frames, actions))
+    assert np.abs(start - last).mean() < 0.1
+    assert (
+        np.abs(start - last).mean()
+        < 1.5 * np.abs(reconstruct(plain, frames, actions) - last).mean()
+    )
+    # Outputs: 4*4*3 pixel changes, then 9 taps on x_t, then 9 on the mirror (centre: index 4).
+    projection = mirror.decoder.output_projection
+    projection.kernel[...] = jnp.zeros_like(projection.kernel[...])
+    bias = np.full(projection.bias[...].shape, -30.0, np.float32)
+    bias[:48] = 0.0
+    bias[48 + 9 + 4] = 30.0
+    projection.bias[...] = jnp.asarray(bias)
+    np.testing.assert_allclose(
+        np.asarray(reconstruct(mirror, frames, actions)), last[:, :, :, ::-1], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="decoder_mirror"):
+        make_variant(decoder_mirror=True)
