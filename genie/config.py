@@ -168,6 +168,12 @@ class LAMConfig:
     # the sprite mirrored in place: a few kernel weights instead of pixels a kernel could never
     # move that far. Which way the agent turns is then cheap for the action to say.
     decoder_mirror: bool = False
+    # > 0: a_t is also scored on the transition after its own, x_{t+1} -> x_{t+2}, as if the
+    # action were held one step more, with this weight beside the main reconstruction. Players
+    # hold keys (CoinRun's data holds each action 1-8 steps), and a held action builds up over
+    # steps while the decoder already knows the motion so far, so the one-step error alone asks
+    # the code only for what is new; this asks it for what persists: the key being held.
+    held_action_weight: float = 0.0
 
 
 @dataclass(frozen=True)

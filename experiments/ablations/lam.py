@@ -87,6 +87,8 @@ OPTIONS: dict[str, list[str]] = {
     # per step, beyond what a 5x5 kernel can move or a 5x5 cost volume can see, so a decoder
     # that knows the motion so far could still not carry a fall on by itself (item 18).
     "k7": ["--lam.kernel-size", "7", "--lam.motion-size", "7"],
+    # a_t also scored on the transition after its own, as if held one step more (item 19).
+    "held": ["--lam.held-action-weight", "1.0"],
 }
 
 

@@ -181,6 +181,11 @@ class LatentActionModel(nnx.Module):
         self.center_weight, self.center_size = config.center_weight, config.center_size
         self.decoder_hide_center = config.decoder_hide_center
         self.encoder_lookahead = config.encoder_lookahead
+        if config.held_action_weight and max_frames < 3:
+            raise ValueError(
+                f"held_action_weight needs clips of 3 frames; max_frames is {max_frames}"
+            )
+        self.held_action_weight = config.held_action_weight
         if config.encoder_lookahead < 0:
             raise ValueError(f"encoder_lookahead must be >= 0, got {config.encoder_lookahead}")
         patch_dim = config.patch_size**2 * CHANNELS
@@ -340,7 +345,13 @@ class LatentActionModel(nnx.Module):
         if self.bottleneck == "continuous":
             quantized = l2_normalize(latent.astype(jnp.float32))
         reconstruction = self.decode(frames, quantized, motion)
-        return {"reconstruction": reconstruction, "actions": actions, "motion": motion, **aux}
+        return {
+            "reconstruction": reconstruction,
+            "actions": actions,
+            "quantized": quantized,
+            "motion": motion,
+            **aux,
+        }
 
     def reset_dead_codes(self, key: jax.Array) -> jax.Array:
         return self.vq.reset_dead_codes(key)
@@ -354,6 +365,36 @@ def center_weights(image_size: int, center_size: int, center_weight: float) -> n
     return weights
 
 
+def _reconstruction_term(
+    model: LatentActionModel, prediction: jax.Array, target: jax.Array, before: jax.Array
+) -> jax.Array:
+    """The reconstruction loss of float `prediction` of uint8 frames `target`, each predicted
+    from the uint8 frame in `before` (all (B, T', H, W, C)): pixel MSE weighted as the model's
+    options say (changed pixels, the centre), in repeat-the-last-frame units unless "mse"."""
+    target, before = frames_to_unit(target), frames_to_unit(before)
+    squared_error = (prediction - target) ** 2
+    # Most pixels repeat x_t; weighting the ones that change keeps the action's small share of
+    # the error from vanishing in the mean (LAMConfig.changed_pixel_weight).
+    change = jnp.abs(target - before).max(axis=-1, keepdims=True)
+    weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
+    weight = weight * center_weights(target.shape[2], model.center_size, model.center_weight)
+    reconstruction = jnp.mean(weight * squared_error)
+    if model.reconstruction_loss == "mse":
+        return reconstruction
+    # In units of the batch's own change: 1 is no better than repeating x_t. Raw pixel MSE is
+    # about 0.01 here, so its gradient would be a whisper next to the VQ terms (about 0.1-1),
+    # which then decide alone where the encoder's latents go.
+    repeat = weight * (target - before) ** 2
+    unit = jnp.maximum(jnp.mean(repeat), 1e-6)
+    if model.reconstruction_loss == "relative_capped":
+        # Each transition in its own units where it changes more than the batch's mean.
+        pixel_axes = (2, 3, 4)
+        unit = jnp.maximum(jnp.mean(repeat, axis=pixel_axes), unit)  # (B, T')
+        error = jnp.mean(weight * squared_error, axis=pixel_axes)
+        return jnp.mean(error / jax.lax.stop_gradient(unit))
+    return reconstruction / jax.lax.stop_gradient(unit)
+
+
 def lam_loss(
     model: LatentActionModel, frames: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -365,28 +406,17 @@ def lam_loss(
     vq_key, action_key = jax.random.split(key)
     out = model(frames, training=True, key=vq_key)
     target = frames_to_unit(frames[:, 1:])
-    squared_error = (out["reconstruction"] - target) ** 2
-    mse = jnp.mean(squared_error)
-    # Most pixels repeat x_t; weighting the ones that change keeps the action's small share of
-    # the error from vanishing in the mean (LAMConfig.changed_pixel_weight).
-    change = jnp.abs(target - frames_to_unit(frames[:, :-1])).max(axis=-1, keepdims=True)
-    weight = 1.0 + model.changed_pixel_weight * (change > _CHANGED_PIXEL_THRESHOLD)
-    weight = weight * center_weights(frames.shape[2], model.center_size, model.center_weight)
-    reconstruction = jnp.mean(weight * squared_error)
-    if model.reconstruction_loss != "mse":
-        # In units of the batch's own change: 1 is no better than repeating x_t. Raw pixel MSE
-        # is about 0.01 here, so its gradient would be a whisper next to the VQ terms (about
-        # 0.1-1), which then decide alone where the encoder's latents go.
-        repeat = weight * (target - frames_to_unit(frames[:, :-1])) ** 2
-        unit = jnp.maximum(jnp.mean(repeat), 1e-6)
-        if model.reconstruction_loss == "relative_capped":
-            # Each transition in its own units where it changes more than the batch's mean.
-            pixel_axes = (2, 3, 4)
-            unit = jnp.maximum(jnp.mean(repeat, axis=pixel_axes), unit)  # (B, T-1)
-            error = jnp.mean(weight * squared_error, axis=pixel_axes)
-            reconstruction = jnp.mean(error / jax.lax.stop_gradient(unit))
-        else:
-            reconstruction = reconstruction / jax.lax.stop_gradient(unit)
+    mse = jnp.mean((out["reconstruction"] - target) ** 2)
+    reconstruction = _reconstruction_term(
+        model, out["reconstruction"], frames[:, 1:], frames[:, :-1]
+    )
+    if model.held_action_weight:
+        # a_t on x_{t+1} -> x_{t+2}: the clip from x_{t+1} on with the actions moved one step
+        # later (its first frame keeps its real motion so far, x_t -> x_{t+1}).
+        motion = None if out["motion"] is None else out["motion"][:, 1:]
+        held = model.decode(frames[:, 1:], out["quantized"][:, :-1], motion)
+        held_term = _reconstruction_term(model, held, frames[:, 2:], frames[:, 1:-1])
+        reconstruction = reconstruction + model.held_action_weight * held_term
     loss = reconstruction + out["codebook_loss"] + out["commitment_loss"]
 
     random_actions = jax.random.randint(action_key, out["actions"].shape, 0, model.num_actions)

@@ -520,3 +520,39 @@ def test_mirror_taps_draw_x_t_mirrored_left_right_and_start_near_repeating_it():
     )
     with pytest.raises(ValueError, match="decoder_mirror"):
         make_variant(decoder_mirror=True)
+
+
+def test_held_action_term_scores_each_action_on_the_next_transition_too():
+    """held_action_weight w: the loss adds w times the relative error of predicting x_{t+2} from
+    x_{t+1} with a_t (the actions moved one step later), computed here by hand from the
+    decoder's predictions; everything else in the loss is unchanged."""
+    options = dict(decoder_context="last", decoder_output="kernels", kernel_size=3, motion_size=3)
+    options.update(decoder_motion=True, reconstruction_loss="relative")
+    plain = make_variant(**options)
+    held = make_variant(held_action_weight=0.5, **options)
+    frames = make_frames()
+    key = jax.random.key(0)
+    plain_loss, plain_metrics = lam_loss(plain, frames, key)
+    held_loss, held_metrics = lam_loss(held, frames, key)
+    np.testing.assert_allclose(held_metrics["mse"], plain_metrics["mse"])
+    actions = infer_actions(held, frames)
+    motion = held.motion(frames)
+    prediction = np.asarray(
+        held.decode(frames[:, 1:], held.vq.lookup(actions[:, :-1]), motion[:, 1:])
+    )
+    unit = np.asarray(frames, np.float64) / 255.0
+    by_hand = np.mean((prediction - unit[:, 2:]) ** 2) / np.mean((unit[:, 2:] - unit[:, 1:-1]) ** 2)
+    np.testing.assert_allclose(float(held_loss - plain_loss), 0.5 * by_hand, rtol=1e-4)
+    # The first held prediction reads x_1's real motion so far (x_0 -> x_1), not zeros.
+    changed = frames.at[:, 0].set(255 - frames[:, 0])
+    moved = held.decode(
+        changed[:, 1:], held.vq.lookup(actions[:, :-1]), held.motion(changed)[:, 1:]
+    )
+    assert np.abs(np.asarray(moved) - prediction)[:, 0].max() > 0
+    with pytest.raises(ValueError, match="held_action_weight"):
+        LatentActionModel(
+            dataclasses.replace(CONFIG, held_action_weight=1.0),
+            image_size=8,
+            max_frames=2,
+            rngs=nnx.Rngs(0),
+        )
