@@ -80,6 +80,15 @@ FSQ's rounding does not grow with its levels (the 64,000-code tokenizer used 11%
 perplexity 296). What bounds them is the dynamics model: a softmax over 4096 ids was 2.8x slower
 and predicted worse (above), over 64,000 it does not fit a CPU budget at all; a per-number output
 head (`DynamicsConfig.factorized_head`) predicts each FSQ number with its own few-way softmax.
+
+The learning rate for FSQ 8^4 at the demo's 2600 x 4 (2026-11-29, each run sharing the CPU with
+one LAM run): 22.83 dB at 1e-3, 23.10 at 2e-3, 23.20 at 3e-3, 23.23 at 4e-3, and at 8e-3 the
+run broke down (20.78 dB, 10% of the codes used). The 3e-3 tokenizer then stood in for the
+demo's in its world (the same LAM, the dynamics model retrained by `genie demo`) and that world
+rolled out worse on validation (256 clips, 4 prompt frames, argmax decoding): minus
+repeat-the-last-frame +0.09, +0.83, +0.97, +0.93 dB at t = 1..4 against +0.24, +0.96, +1.08,
++1.11, ΔtPSNR@4 1.02 against 1.16 dB. Its tokens, reconstructing better, were harder for the
+dynamics model, as with more codes above; the demo keeps 1e-3.
 """
 
 
