@@ -543,7 +543,8 @@ def test_held_action_term_scores_each_action_on_the_next_transition_too():
     unit = np.asarray(frames, np.float64) / 255.0
     by_hand = np.mean((prediction - unit[:, 2:]) ** 2) / np.mean((unit[:, 2:] - unit[:, 1:-1]) ** 2)
     np.testing.assert_allclose(float(held_loss - plain_loss), 0.5 * by_hand, rtol=1e-4)
-    # The first held prediction reads x_1's real motion so far (x_0 -> x_1), not zeros.
+    # That by-hand prediction gave the first held step x_1's real motion so far (x_0 -> x_1),
+    # and that motion matters, so the equality above fails if the loss read zeros there.
     changed = frames.at[:, 0].set(255 - frames[:, 0])
     moved = held.decode(
         changed[:, 1:], held.vq.lookup(actions[:, :-1]), held.motion(changed)[:, 1:]
