@@ -30,7 +30,8 @@ Design:
   two (`motion_size`, `motion_costs`).
 - Loss: pixel MSE (optionally weighted toward changed or central pixels, or divided by the
   repeat-the-last-frame error: `reconstruction_loss="relative"`, per transition with
-  "relative_capped") plus the VQ terms.
+  "relative_capped") plus the VQ terms; with `held_action_weight` also the same error of a_t
+  predicting x_{t+2} from x_{t+1}, as if the action were held one step more.
 
 Which of these options make the latent follow what moves in random-play CoinRun, and why
 Genie's own choices collapse to one code at CPU scale, is measured in docs/ablations/lam.md.
