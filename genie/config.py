@@ -143,6 +143,12 @@ class LAMConfig:
     # spends the codes on velocity (mostly vertical: falls and jumps) instead of the change the
     # action makes; a history-free decoder told the velocity leaves the codes for that change.
     decoder_motion: bool = False
+    # What of that motion the decoder reads. "both": the whole S x S cost volume. "vertical":
+    # for each vertical offset only the best cost over the horizontal ones, so the decoder
+    # knows how fast the screen rises or falls but not how it scrolls sideways: the code has to
+    # say that, and in CoinRun the horizontal scroll is what the held left/right key sets,
+    # while the fall that gravity keeps up stays explained without a code.
+    decoder_motion_axes: Literal["both", "vertical"] = "both"
     # "mse": the reconstruction term is the (weighted) pixel MSE (Genie). "relative": the same
     # divided by the batch's repeat-the-last-frame error, so it is O(1) like the VQ terms
     # instead of O(0.01), and the encoder's latents follow the reconstruction, not only the

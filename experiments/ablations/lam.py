@@ -57,6 +57,9 @@ OPTIONS: dict[str, list[str]] = {
     # mean: falls stop outweighing the small scrolls that tell left from right (item 5).
     "capped": ["--lam.reconstruction-loss", "relative_capped"],
     "dmotion": ["--lam.decoder-motion"],
+    # The decoder reads only the vertical part of the motion so far: the horizontal scroll,
+    # which the held left/right key sets, is left for the code to say.
+    "vmotion": ["--lam.decoder-motion-axes", "vertical"],
     "every": ["--lam.action-injection", "every_block"],
     "look2": ["--lam.encoder-lookahead", "2"],
     "look4": ["--lam.encoder-lookahead", "4"],

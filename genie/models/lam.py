@@ -19,7 +19,8 @@ Design:
   block), and frame t's outputs predict the change x_{t+1} - x_t. With `decoder_context="all"`
   the decoder is causal over time, so its prediction of x_{t+1} depends on x_1..x_t and
   a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own (plus, with
-  `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far). With
+  `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far, or with
+  `decoder_motion_axes="vertical"` only its vertical part). With
   `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
   patch of x_t (`resample`), so the prediction is x_t moved plus a change (with
   `decoder_mirror` the kernel can also take from x_t mirrored left-right). With
@@ -199,7 +200,9 @@ class LatentActionModel(nnx.Module):
         if config.decoder_motion and not config.motion_size:
             raise ValueError("decoder_motion reads the motion cost volume: set motion_size > 0")
         self.decoder_motion = config.decoder_motion
-        decoder_motion_in = config.motion_size**2 if config.decoder_motion else 0
+        self.decoder_motion_axes = config.decoder_motion_axes
+        motion_features = config.motion_size ** (2 if config.decoder_motion_axes == "both" else 1)
+        decoder_motion_in = motion_features if config.decoder_motion else 0
         encoder_in = 2 * patch_dim if config.encoder_differences else patch_dim
         encoder_in += config.motion_size**2
         self.encoder = STTransformer(encoder_in, width, config.encoder, max_frames=max_frames, **kw)
@@ -287,6 +290,9 @@ class LatentActionModel(nnx.Module):
             # Frame t's costs compare x_{t-1} with x_t (zero for the first frame): the motion
             # so far, never the motion to come.
             costs = self.motion(frames[:, :-1]) if motion is None else motion[:, :-1]
+            if self.decoder_motion_axes == "vertical":
+                # Offsets are (dy, dx) row-major: each row's best horizontal match.
+                costs = costs.reshape(*costs.shape[:-1], self.motion_size, -1).min(axis=-1)
             patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
         # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
         # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so

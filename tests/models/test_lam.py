@@ -409,6 +409,34 @@ def test_decoder_motion_reads_the_motion_so_far_and_never_the_frame_it_predicts(
         make_variant(decoder_motion=True)
 
 
+def test_vertical_decoder_motion_reads_each_rows_best_cost_and_not_the_horizontal_shift():
+    """decoder_motion_axes="vertical": the decoder reads, per vertical offset, the lowest cost
+    over the horizontal ones, so costs mirrored left-right (a scroll the other way) predict the
+    same frame, which a decoder reading the whole volume tells apart; raising a row's costs
+    (a different vertical motion) still reaches the prediction."""
+    options = dict(decoder_context="last", motion_size=3, decoder_motion=True)
+    vertical = make_variant(decoder_motion_axes="vertical", **options)
+    both = make_variant(**options)
+    frames = make_frames()
+    decode = nnx.jit(lambda m, f, a, c: m.decode(f, m.vq.lookup(a), c))
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    costs = jax.random.normal(jax.random.key(1), (*frames.shape[:2], vertical.num_patches, 9))
+    rows = costs.reshape(*costs.shape[:-1], 3, 3)
+    mirrored = rows[..., ::-1].reshape(costs.shape)  # dx -> -dx within each dy
+    base = decode(vertical, frames, actions, costs)
+    np.testing.assert_allclose(decode(vertical, frames, actions, mirrored), base, atol=1e-6)
+    assert (
+        np.abs(decode(both, frames, actions, mirrored) - decode(both, frames, actions, costs)).max()
+        > 1e-4
+    )
+    risen = rows.at[..., 0, :].add(1.0).reshape(costs.shape)  # row dy = -1 fits worse
+    assert np.abs(decode(vertical, frames, actions, risen) - base).max() > 1e-4
+    assert (
+        vertical.decoder.input_projection.kernel.shape[0]
+        == both.decoder.input_projection.kernel.shape[0] - 6
+    )
+
+
 def test_resample_and_motion_costs_equal_their_definitions_by_hand():
     """The fused per-offset sums against plain loops over pixels and offsets (NumPy)."""
     from genie.models.lam import motion_costs, resample
