@@ -189,6 +189,13 @@ class DynamicsConfig:
     transformer: TransformerConfig = TransformerConfig()
     maskgit_steps: int = 25  # Genie CoinRun case study
     temperature: float = 1.0
+    # How greedy (temperature 0) MaskGIT picks a token with the factorised head. "mode": every
+    # FSQ digit's most likely level. "mean": the level nearest the digit's predicted mean
+    # level. FSQ levels are ordered values, so where the model spreads its belief over
+    # neighbouring levels the mean's level lies nearer the truth in the tokenizer's latent,
+    # and so in pixels, than the mode (docs/ablations/dynamics.md item 13). A softmax over
+    # whole ids (no factorised head) has no order: there greedy is always the mode.
+    greedy_digits: Literal["mode", "mean"] = "mean"
     mask_schedule: Literal["cosine", "linear"] = "cosine"
     min_mask_rate: float = 0.5  # training mask rates are drawn from [min_mask_rate, 1]
     # > 0: a learned scalar, starting at this value, is added to the logit of the token the

@@ -324,6 +324,11 @@ def markdown(report: dict) -> str:
             if "maskgit_steps" in report
             else ""
         )
+        + (
+            f" (greedy digits: {report['greedy_digits']})"
+            if report.get("temperature") == 0 and "greedy_digits" in report
+            else ""
+        )
         + f"; seed {report['seed']}. PSNR is pooled over clips (dB), SSIM a per-frame mean.",
         "",
         "| metric | value |",
@@ -456,6 +461,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--maskgit-steps", type=int, default=None, help="default: the run's")
     parser.add_argument("--temperature", type=float, default=None, help="default: the run's")
+    parser.add_argument(
+        "--greedy-digits",
+        choices=("mode", "mean"),
+        default=None,
+        help="at temperature 0 with the factorised head, each FSQ digit's most likely level or "
+        "the level nearest its mean (default: the run's dynamics.greedy_digits)",
+    )
     parser.add_argument("--data-dir", default=None, help="default: the run's data.data_dir")
     return parser.parse_args(argv)
 
@@ -463,7 +475,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, *, clips: np.ndarray | None = None) -> tuple[dict, dict]:
     """Loads the run, reads the clips (unless given), evaluates, writes -> (report, paths)."""
     world, config = WorldFunctions.from_run(
-        args.run_dir, maskgit_steps=args.maskgit_steps, temperature=args.temperature
+        args.run_dir,
+        maskgit_steps=args.maskgit_steps,
+        temperature=args.temperature,
+        greedy_digits=args.greedy_digits,
     )
     data = config.data
     data_dir = args.data_dir or data.data_dir
@@ -495,6 +510,7 @@ def run(args: argparse.Namespace, *, clips: np.ndarray | None = None) -> tuple[d
         "temperature": (
             config.dynamics.temperature if args.temperature is None else args.temperature
         ),
+        "greedy_digits": args.greedy_digits or config.dynamics.greedy_digits,
         **evaluation.report,
     }
     evaluation = dataclasses.replace(evaluation, report=report)

@@ -125,16 +125,20 @@ class Engine:
         models: tuple[str, ...] = MODELS,
         steps: int | None = None,
         temperature: float | None = None,
+        greedy_digits: str | None = None,
     ) -> tuple[Engine, Config]:
         """Loads `models` of a run folder, each from the latest stage that trained it
         (`genie.checkpoint.load_model`) -> (engine, the config saved with the last of them:
         the dynamics model's by default, which was trained on the tokenizer and LAM of the
-        same run)."""
+        same run). `greedy_digits` overrides the dynamics config's `greedy_digits`."""
         from genie.checkpoint import load_model
 
         loaded, config = {}, None
         for name in models:
             loaded[name], config = load_model(run_dir, name)
+        if greedy_digits is not None and "dynamics" in loaded:
+            head = loaded["dynamics"].head
+            loaded["dynamics"].head = dataclasses.replace(head, greedy=greedy_digits)
         return cls(loaded, steps=steps, temperature=temperature), config
 
     def _part(self, name: str) -> tuple[nnx.GraphDef, nnx.State]:
@@ -277,13 +281,16 @@ class WorldFunctions:
         *,
         maskgit_steps: int | None = None,
         temperature: float | None = None,
+        greedy_digits: str | None = None,
     ) -> tuple[WorldFunctions, Config]:
         """Loads the three stages of a run -> (functions, the dynamics stage's config).
 
-        MaskGIT steps and temperature default to the run's config (25 and 1.0 in the Genie
-        CoinRun case study).
+        MaskGIT steps, temperature and greedy digits default to the run's config (25 steps and
+        temperature 1.0 in the Genie CoinRun case study).
         """
-        engine, config = Engine.from_run(run_dir, steps=maskgit_steps, temperature=temperature)
+        engine, config = Engine.from_run(
+            run_dir, steps=maskgit_steps, temperature=temperature, greedy_digits=greedy_digits
+        )
         return cls.from_engine(engine), config
 
 

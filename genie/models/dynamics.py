@@ -66,12 +66,17 @@ class TokenHead:
     tokenizer (K = prod(levels)): the logits are F consecutive groups, one per digit (digit f of
     id k is (k // prod(levels[:f])) % levels[f], `FiniteScalarQuantizer`'s numbering), each its
     own softmax, and log p(k) is the sum of the groups' log-probabilities of k's digits.
+    `greedy`: what temperature 0 picks per digit, its most likely level ("mode") or the level
+    nearest its mean level ("mean"; `DynamicsConfig.greedy_digits`).
     """
 
     num_codes: int
     levels: tuple[int, ...] = ()
+    greedy: str = "mode"
 
     def __post_init__(self):
+        if self.greedy not in ("mode", "mean"):
+            raise ValueError(f"greedy digits are 'mode' or 'mean', not {self.greedy!r}")
         if self.levels and math.prod(self.levels) != self.num_codes:
             raise ValueError(
                 f"FSQ levels {self.levels} make {math.prod(self.levels)} token ids, but the "
@@ -126,16 +131,30 @@ class TokenHead:
             return optax.softmax_cross_entropy_with_integer_labels(logits, ids)
         return -self.log_probs(logits, ids)
 
+    def mode(self, logits: jax.Array) -> jax.Array:
+        """(..., V) logits -> (...) int32 most likely ids (every digit's most likely value)."""
+        if not self.factorized:
+            return logits.argmax(-1).astype(jnp.int32)
+        picks = [group.argmax(-1) for group in self._groups(logits)]
+        return digit_ids(jnp.stack(picks, axis=-1), self.levels)
+
     def sample(self, logits: jax.Array, key: jax.Array | None, temperature: float) -> jax.Array:
-        """(..., V) logits -> (...) int32 ids drawn at `temperature` (0: the most likely id,
-        which for the factorised head is every digit's most likely value)."""
+        """(..., V) logits -> (...) int32 ids drawn at `temperature`. Temperature 0 is greedy:
+        the most likely id, or with the factorised head and `greedy` "mean" every digit's level
+        nearest its mean level."""
         if not self.factorized:
             if temperature == 0:
-                return logits.argmax(-1).astype(jnp.int32)
+                return self.mode(logits)
             return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+        if temperature == 0 and self.greedy == "mode":
+            return self.mode(logits)
         groups = self._groups(logits)
         if temperature == 0:
-            picks = [group.argmax(-1) for group in groups]
+            picks = []
+            for group, levels in zip(groups, self.levels, strict=True):
+                probabilities = jax.nn.softmax(group.astype(jnp.float32), axis=-1)
+                mean = probabilities @ jnp.arange(levels, dtype=jnp.float32)
+                picks.append(jnp.clip(jnp.round(mean), 0, levels - 1).astype(jnp.int32))
         else:
             keys = jax.random.split(key, len(groups))
             picks = [
@@ -168,7 +187,11 @@ class DynamicsModel(nnx.Module):
                 "dynamics.factorized_head predicts a token's FSQ numbers: it needs an FSQ "
                 "tokenizer (tokenizer.quantizer 'fsq' with fsq_levels)"
             )
-        self.head = TokenHead(num_codes, tuple(code_levels) if config.factorized_head else ())
+        self.head = TokenHead(
+            num_codes,
+            tuple(code_levels) if config.factorized_head else (),
+            greedy=config.greedy_digits,
+        )
         embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
         # One row per id, or with the factorised head one per digit value (summed per token).
@@ -349,6 +372,6 @@ def dynamics_loss(
     weight = mask.astype(jnp.float32)
     num_masked = jnp.maximum(weight.sum(), 1.0)
     loss = (cross_entropy * weight).sum() / num_masked
-    correct = (model.head.sample(logits, None, 0.0) == tokens).astype(jnp.float32)
+    correct = (model.head.mode(logits) == tokens).astype(jnp.float32)
     accuracy = (correct * weight).sum() / num_masked
     return loss, {"loss": loss, "masked_accuracy": accuracy}

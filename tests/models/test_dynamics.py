@@ -395,6 +395,41 @@ def test_factorized_log_probs_are_a_softmax_over_all_ids():
     np.testing.assert_array_equal(head.sample(logits, None, 0.0), expected.argmax(-1))
 
 
+def test_greedy_mean_digits_pick_the_level_nearest_each_digits_mean_level():
+    """greedy "mean": at temperature 0 each digit is the level nearest its expected level, by
+    hand here, where the mode would split a belief shared by two far levels; at temperature > 0
+    and for a head without digits nothing changes."""
+    levels = (3, 4)
+    mean_head, mode_head = TokenHead(12, levels, greedy="mean"), TokenHead(12, levels)
+    # Digit 0: p = (0.45, 0.10, 0.45): mean level 1.0, mode 0. Digit 1: p = (0.1, 0.2, 0.3,
+    # 0.4): mean level 2.0, mode 3.
+    logits = jnp.log(jnp.asarray([[0.45, 0.10, 0.45, 0.1, 0.2, 0.3, 0.4]]))
+    np.testing.assert_array_equal(mean_head.sample(logits, None, 0.0), [1 + 2 * 3])
+    np.testing.assert_array_equal(mode_head.sample(logits, None, 0.0), [0 + 3 * 3])
+    np.testing.assert_array_equal(mean_head.mode(logits), [0 + 3 * 3])
+    # Random logits against a NumPy hand computation, in many positions at once.
+    rng = np.random.default_rng(0)
+    many = rng.normal(size=(50, 7)) * 3.0
+    expected = []
+    for row in many:
+        digits = []
+        for start, n in ((0, 3), (3, 4)):
+            p = np.exp(row[start : start + n]) / np.exp(row[start : start + n]).sum()
+            digits.append(int(np.clip(np.round(p @ np.arange(n)), 0, n - 1)))
+        expected.append(digits[0] + 3 * digits[1])
+    np.testing.assert_array_equal(mean_head.sample(jnp.asarray(many), None, 0.0), expected)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(
+        mean_head.sample(jnp.asarray(many), key, 1.0), mode_head.sample(jnp.asarray(many), key, 1.0)
+    )
+    plain = jnp.asarray(rng.normal(size=(5, 12)))
+    np.testing.assert_array_equal(
+        TokenHead(12, greedy="mean").sample(plain, None, 0.0), plain.argmax(-1)
+    )
+    with pytest.raises(ValueError, match="greedy digits"):
+        TokenHead(12, levels, greedy="median")
+
+
 def test_factorized_sampling_draws_ids_with_their_probabilities():
     head = TokenHead(8, LEVELS)
     logits = jnp.asarray([0.5, -0.5, 1.0, 0.0, -1.0, 2.0])
