@@ -164,8 +164,9 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    +1.84 against +0.24, +0.96, +1.08, +1.11), ΔtPSNR@4 1.75 against 1.16 dB, SSIM at t = 4
    0.443 against 0.439. `coinrun_cpu`'s world (FSQ 4^4), t = 1..8: +0.28, +0.33, +0.47, +0.57,
    +0.63, +0.64, +0.70, +0.71 dB over the mode, ΔtPSNR@4 3.29 against 2.96. The 8^6 world of
-   item 12 gains less (+0.14 to +0.33 dB) and stays below the demo's, so the finer tokenizer
-   is still not worth it. Why it helps: where the model is unsure between neighbouring levels
+   item 12 gains less: 19.87, 17.63, 16.29, 15.33 dB with the mean against 19.73, 17.39,
+   15.98, 15.00 with the mode, ΔtPSNR@4 1.11 against 0.79, still 0.26-1.02 dB below the demo's
+   world decoded the same way, so the finer tokenizer is still not worth it. Why it helps: where the model is unsure between neighbouring levels
    (a blurred edge, a sprite that may move one pixel), the mode commits to one side and is
    wrong by the full step half the time, while the level nearest the mean lands between them;
    the actions matter more because the rollouts they drive stay closer to the truth for longer.
