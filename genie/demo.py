@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     probe.main([run_dir, "--split", "validation", "--keymap-out", f"{run_dir}/keymap.json"])
     # The report: test split (unseen levels), never used to choose anything.
     probe.main([run_dir, "--split", "test", "--keymap-out", f"{run_dir}/probe_test/keymap.json"])
-    # Argmax MaskGIT decoding: 0.2 dB better rollout PSNR than temperature 1 on validation.
+    # Greedy MaskGIT decoding (temperature 0; with the factorised head each FSQ digit at the
+    # level nearest its mean, `DynamicsConfig.greedy_digits`): on validation the argmax was
+    # 0.2 dB better in rollout PSNR than temperature 1, and the mean's level 0.3-0.7 dB better
+    # than the argmax (docs/ablations/dynamics.md item 13).
     # 256 clips, not 64: ΔtPSNR draws one random action sequence per clip, so few clips make it
     # noisy (one world on validation: 0.48 dB on 64 clips, 0.55 on 256); 256 take 20 s more.
     evaluate.main(
