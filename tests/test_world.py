@@ -214,3 +214,15 @@ def test_an_engine_names_the_model_it_lacks(tiny):
         engine.tokenize(np.zeros((1, 2, 16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="this engine has no tokenizer"):
         WorldFunctions.from_engine(engine)
+
+
+def test_engine_from_run_overrides_greedy_digits(tiny_run):
+    """`genie eval --greedy-digits` reaches the loaded dynamics model's head; without it the
+    head follows the run's config."""
+    from genie.inference import Engine
+
+    engine, config = Engine.from_run(tiny_run)
+    assert engine.models["dynamics"].head.greedy == config.dynamics.greedy_digits
+    for greedy in ("mode", "mean"):
+        engine, _ = Engine.from_run(tiny_run, greedy_digits=greedy)
+        assert engine.models["dynamics"].head.greedy == greedy
