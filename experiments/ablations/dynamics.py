@@ -166,10 +166,11 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    +0.63, +0.64, +0.70, +0.71 dB over the mode, ΔtPSNR@4 3.29 against 2.96. The 8^6 world of
    item 12 gains less: 19.87, 17.63, 16.29, 15.33 dB with the mean against 19.73, 17.39,
    15.98, 15.00 with the mode, ΔtPSNR@4 1.11 against 0.79, still 0.26-1.02 dB below the demo's
-   world decoded the same way, so the finer tokenizer is still not worth it. Why it helps: where the model is unsure between neighbouring levels
-   (a blurred edge, a sprite that may move one pixel), the mode commits to one side and is
-   wrong by the full step half the time, while the level nearest the mean lands between them;
-   the actions matter more because the rollouts they drive stay closer to the truth for longer.
+   world decoded the same way, so the finer tokenizer is still not worth it. Why it helps:
+   where the model is unsure between neighbouring levels (a blurred edge, a sprite that may
+   move one pixel), the mode commits to one side and is wrong by a whole level when it picks
+   the wrong one, while the level nearest the mean lies between them; the actions matter more
+   because the rollouts they drive stay closer to the truth for longer.
    Sampling at temperature > 0 is unchanged.
 """
 
