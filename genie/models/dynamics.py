@@ -138,29 +138,32 @@ class TokenHead:
         picks = [group.argmax(-1) for group in self._groups(logits)]
         return digit_ids(jnp.stack(picks, axis=-1), self.levels)
 
+    def nearest_mean(self, logits: jax.Array) -> jax.Array:
+        """(..., V) factorised logits -> (...) int32 ids whose every digit is the level nearest
+        that digit's mean level under its softmax."""
+        picks = []
+        for group, levels in zip(self._groups(logits), self.levels, strict=True):
+            probabilities = jax.nn.softmax(group.astype(jnp.float32), axis=-1)
+            mean = probabilities @ jnp.arange(levels, dtype=jnp.float32)
+            picks.append(jnp.clip(jnp.round(mean), 0, levels - 1).astype(jnp.int32))
+        return digit_ids(jnp.stack(picks, axis=-1), self.levels)
+
     def sample(self, logits: jax.Array, key: jax.Array | None, temperature: float) -> jax.Array:
         """(..., V) logits -> (...) int32 ids drawn at `temperature`. Temperature 0 is greedy:
         the most likely id, or with the factorised head and `greedy` "mean" every digit's level
         nearest its mean level."""
-        if not self.factorized:
-            if temperature == 0:
-                return self.mode(logits)
-            return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
-        if temperature == 0 and self.greedy == "mode":
-            return self.mode(logits)
-        groups = self._groups(logits)
         if temperature == 0:
-            picks = []
-            for group, levels in zip(groups, self.levels, strict=True):
-                probabilities = jax.nn.softmax(group.astype(jnp.float32), axis=-1)
-                mean = probabilities @ jnp.arange(levels, dtype=jnp.float32)
-                picks.append(jnp.clip(jnp.round(mean), 0, levels - 1).astype(jnp.int32))
-        else:
-            keys = jax.random.split(key, len(groups))
-            picks = [
-                jax.random.categorical(k, group / temperature)
-                for k, group in zip(keys, groups, strict=True)
-            ]
+            if self.factorized and self.greedy == "mean":
+                return self.nearest_mean(logits)
+            return self.mode(logits)
+        if not self.factorized:
+            return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+        groups = self._groups(logits)
+        keys = jax.random.split(key, len(groups))
+        picks = [
+            jax.random.categorical(k, group / temperature)
+            for k, group in zip(keys, groups, strict=True)
+        ]
         return digit_ids(jnp.stack(picks, axis=-1), self.levels)
 
 
