@@ -213,6 +213,11 @@ class DynamicsConfig:
     # its own embedding and its own few-way softmax, instead of one softmax over all
     # prod(fsq_levels) ids, so large FSQ grids (4096, 64,000 codes) cost a few dozen outputs.
     factorized_head: bool = False
+    # > 0 (needs the factorised head): each FSQ digit is trained toward a discretised Gaussian
+    # over its levels centred on the true level, with this standard deviation in levels, instead
+    # of a one-hot, so predicting a neighbouring level costs less than a far one (ordinal soft
+    # labels, as in Diaz & Marathe 2019, "Soft labels for ordinal regression"). 0: one-hot.
+    digit_target_sigma: float = 0.0
 
 
 @dataclass(frozen=True)

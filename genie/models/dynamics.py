@@ -67,16 +67,26 @@ class TokenHead:
     id k is (k // prod(levels[:f])) % levels[f], `FiniteScalarQuantizer`'s numbering), each its
     own softmax, and log p(k) is the sum of the groups' log-probabilities of k's digits.
     `greedy`: what temperature 0 picks per digit, its most likely level ("mode") or the level
-    nearest its mean level ("mean"; `DynamicsConfig.greedy_digits`).
+    nearest its mean level ("mean"; `DynamicsConfig.greedy_digits`). `target_sigma` > 0: the
+    training loss (`loss`) scores each digit against a discretised Gaussian over its levels
+    centred on the true one (`DynamicsConfig.digit_target_sigma`) instead of a one-hot.
     """
 
     num_codes: int
     levels: tuple[int, ...] = ()
     greedy: str = "mode"
+    target_sigma: float = 0.0
 
     def __post_init__(self):
         if self.greedy not in ("mode", "mean"):
             raise ValueError(f"greedy digits are 'mode' or 'mean', not {self.greedy!r}")
+        if self.target_sigma < 0:
+            raise ValueError(f"digit_target_sigma must be >= 0, got {self.target_sigma}")
+        if self.target_sigma > 0 and not self.levels:
+            raise ValueError(
+                "digit_target_sigma spreads each FSQ digit's target over its neighbouring "
+                "levels: it needs the factorised head (dynamics.factorized_head)"
+            )
         if self.levels and math.prod(self.levels) != self.num_codes:
             raise ValueError(
                 f"FSQ levels {self.levels} make {math.prod(self.levels)} token ids, but the "
@@ -130,6 +140,26 @@ class TokenHead:
         if not self.factorized:
             return optax.softmax_cross_entropy_with_integer_labels(logits, ids)
         return -self.log_probs(logits, ids)
+
+    def digit_targets(self, ids: jax.Array) -> jax.Array:
+        """(...) ids -> (..., V) float32 soft targets: per digit, weights over its levels
+        proportional to exp(-(level - true level)^2 / (2 target_sigma^2)), summing to 1."""
+        groups = []
+        for digit, levels in zip(jnp.moveaxis(self.digits(ids), -1, 0), self.levels, strict=True):
+            distance = jnp.arange(levels, dtype=jnp.float32) - digit[..., None]
+            groups.append(jax.nn.softmax(-0.5 * (distance / self.target_sigma) ** 2, axis=-1))
+        return jnp.concatenate(groups, axis=-1)
+
+    def loss(self, logits: jax.Array, ids: jax.Array) -> jax.Array:
+        """(..., V), (...) -> (...) float32 training loss: `cross_entropy`, or with `target_sigma`
+        > 0 the cross-entropy of every digit's softmax against `digit_targets` (summed)."""
+        if self.target_sigma == 0:
+            return self.cross_entropy(logits, ids)
+        log_softmax = jnp.concatenate(
+            [jax.nn.log_softmax(group) for group in self._groups(logits.astype(jnp.float32))],
+            axis=-1,
+        )
+        return -(self.digit_targets(ids) * log_softmax).sum(-1)
 
     def mode(self, logits: jax.Array) -> jax.Array:
         """(..., V) logits -> (...) int32 most likely ids (every digit's most likely value)."""
@@ -194,6 +224,7 @@ class DynamicsModel(nnx.Module):
             num_codes,
             tuple(code_levels) if config.factorized_head else (),
             greedy=config.greedy_digits,
+            target_sigma=config.digit_target_sigma,
         )
         embed = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
@@ -364,17 +395,22 @@ def dynamics_loss(
     model: DynamicsModel, tokens: jax.Array, actions: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MaskGIT cross-entropy (fp32) on the masked tokens of (B, T, N) tokens given (B, T-1) actions
-    (int32 ids, or (B, T-1, A) weights: `DynamicsModel.embed_actions`).
+    (int32 ids, or (B, T-1, A) weights: `DynamicsModel.embed_actions`); with
+    `digit_target_sigma` > 0 against soft digit targets (`TokenHead.loss`).
 
-    Returns (loss, metrics) with metrics 'loss' and 'masked_accuracy'; works under
+    Returns (loss, metrics) with metrics 'loss', 'masked_accuracy' and 'token_nll' (-log p of
+    the true ids, which is the loss without soft targets); works under
     `nnx.value_and_grad(dynamics_loss, has_aux=True)`.
     """
     mask = draw_mask(key, tokens.shape, model.config.min_mask_rate)
     logits = model(tokens, actions, mask)
-    cross_entropy = model.head.cross_entropy(logits, tokens)
     weight = mask.astype(jnp.float32)
     num_masked = jnp.maximum(weight.sum(), 1.0)
-    loss = (cross_entropy * weight).sum() / num_masked
-    correct = (model.head.mode(logits) == tokens).astype(jnp.float32)
-    accuracy = (correct * weight).sum() / num_masked
-    return loss, {"loss": loss, "masked_accuracy": accuracy}
+
+    def masked_mean(values):
+        return (values * weight).sum() / num_masked
+
+    loss = masked_mean(model.head.loss(logits, tokens))
+    nll = masked_mean(model.head.cross_entropy(logits, tokens))
+    accuracy = masked_mean((model.head.mode(logits) == tokens).astype(jnp.float32))
+    return loss, {"loss": loss, "masked_accuracy": accuracy, "token_nll": nll}

@@ -196,7 +196,7 @@ def test_loss_is_cross_entropy_on_masked_tokens_only(request, which):
     np.testing.assert_allclose(float(loss), -picked[mask].mean(), rtol=1e-5)
     accuracy = (logits.argmax(-1) == np.asarray(tokens))[mask].mean()
     np.testing.assert_allclose(float(metrics["masked_accuracy"]), accuracy, rtol=1e-6)
-    assert float(metrics["loss"]) == float(loss)
+    assert float(metrics["loss"]) == float(loss) == float(metrics["token_nll"])
 
 
 def test_value_and_grad_under_jit(model):
@@ -207,7 +207,7 @@ def test_value_and_grad_under_jit(model):
         return nnx.value_and_grad(dynamics_loss, has_aux=True)(model, tokens, actions, key)
 
     (loss, metrics), grads = grads_of(model, tokens, actions, jax.random.key(0))
-    assert np.isfinite(float(loss)) and set(metrics) == {"loss", "masked_accuracy"}
+    assert np.isfinite(float(loss)) and set(metrics) == {"loss", "masked_accuracy", "token_nll"}
     leaves = jax.tree.leaves(grads)
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
     assert float(jnp.abs(grads.action_embedding.embedding[...]).sum()) > 0
@@ -484,3 +484,60 @@ def test_factorized_copy_prior_adds_the_logit_on_each_digit_of_the_previous_toke
 def test_factorized_head_needs_an_fsq_tokenizer():
     with pytest.raises(ValueError, match="needs an FSQ tokenizer"):
         make_model(config=dataclasses.replace(CONFIG, factorized_head=True))
+
+
+def test_soft_digit_targets_match_a_hand_computed_gaussian_over_levels():
+    """Digit targets exp(-(j - d)^2 / 2 sigma^2), normalised per digit, and the loss
+    -sum_j q_j log softmax_j, by hand in float64 for LEVELS = (2, 4) with sigma 0.8."""
+    sigma = 0.8
+    head = TokenHead(K, LEVELS, target_sigma=sigma)
+    ids = jnp.arange(K, dtype=jnp.int32)
+    logits = jax.random.normal(jax.random.key(5), (K, sum(LEVELS)))
+    targets, losses = np.asarray(head.digit_targets(ids)), np.asarray(head.loss(logits, ids))
+    for k in range(K):
+        digits = (k % 2, (k // 2) % 4)
+        expected_loss = 0.0
+        for f, (digit, levels, start) in enumerate(zip(digits, LEVELS, (0, 2), strict=True)):
+            weights = np.exp(-((np.arange(levels) - digit) ** 2) / (2 * sigma**2))
+            weights /= weights.sum()
+            np.testing.assert_allclose(targets[k, start : start + levels], weights, rtol=1e-6)
+            group = np.asarray(logits[k, start : start + levels], np.float64)
+            log_softmax = group - np.log(np.exp(group).sum())
+            expected_loss -= (weights * log_softmax).sum()
+            assert targets[k, start + digit] == targets[k, start : start + levels].max(), f
+        np.testing.assert_allclose(losses[k], expected_loss, rtol=1e-5)
+
+
+def test_soft_digit_targets_narrow_to_the_cross_entropy():
+    """A tiny sigma puts (almost) all weight on the true level: the loss is -log p(id)."""
+    ids = jnp.arange(K, dtype=jnp.int32)
+    logits = jax.random.normal(jax.random.key(6), (K, sum(LEVELS)))
+    narrow = TokenHead(K, LEVELS, target_sigma=0.05).loss(logits, ids)
+    np.testing.assert_allclose(narrow, TokenHead(K, LEVELS).cross_entropy(logits, ids), rtol=1e-5)
+    # A wide sigma scores a near miss (one level off) better than a far one.
+    wide = TokenHead(K, LEVELS, target_sigma=1.0)
+    near, far = jnp.zeros((1, 6)).at[0, 2 + 1].set(5.0), jnp.zeros((1, 6)).at[0, 2 + 3].set(5.0)
+    truth = digit_ids(jnp.array([[0, 0]]), LEVELS)
+    assert float(wide.loss(near, truth)[0]) < float(wide.loss(far, truth)[0])
+
+
+def test_dynamics_loss_with_soft_digit_targets_reports_the_token_nll_beside_it():
+    config = dataclasses.replace(CONFIG, factorized_head=True, digit_target_sigma=1.0)
+    model = make_model(config=config, code_levels=LEVELS)
+    tokens, actions, _ = make_batch()
+    key = jax.random.key(7)
+    loss, metrics = jit_loss(model, tokens, actions, key)
+    mask = jnp.asarray(draw_mask(key, tokens.shape, CONFIG.min_mask_rate))
+    logits = forward(model, tokens, actions, mask)
+    weight = np.asarray(mask, np.float64)
+    for name, values in [("loss", model.head.loss), ("token_nll", model.head.cross_entropy)]:
+        expected = (np.asarray(values(logits, tokens)) * weight).sum() / weight.sum()
+        np.testing.assert_allclose(float(metrics[name]), expected, rtol=1e-5)
+    assert float(metrics["loss"]) > float(metrics["token_nll"])  # the soft targets' entropy
+
+
+def test_soft_digit_targets_need_the_factorised_head():
+    with pytest.raises(ValueError, match="factorised head"):
+        make_model(config=dataclasses.replace(CONFIG, digit_target_sigma=1.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        TokenHead(K, LEVELS, target_sigma=-1.0)
