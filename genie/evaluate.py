@@ -326,7 +326,7 @@ def markdown(report: dict) -> str:
         )
         + (
             f" (greedy digits: {report['greedy_digits']})"
-            if report.get("temperature") == 0 and "greedy_digits" in report
+            if report.get("temperature") == 0 and report.get("greedy_digits")
             else ""
         )
         + f"; seed {report['seed']}. PSNR is pooled over clips (dB), SSIM a per-frame mean.",
@@ -510,7 +510,12 @@ def run(args: argparse.Namespace, *, clips: np.ndarray | None = None) -> tuple[d
         "temperature": (
             config.dynamics.temperature if args.temperature is None else args.temperature
         ),
-        "greedy_digits": args.greedy_digits or config.dynamics.greedy_digits,
+        # Only a factorised head has digits to decode greedily; a softmax over ids takes its mode.
+        "greedy_digits": (
+            (args.greedy_digits or config.dynamics.greedy_digits)
+            if config.dynamics.factorized_head
+            else None
+        ),
         **evaluation.report,
     }
     evaluation = dataclasses.replace(evaluation, report=report)

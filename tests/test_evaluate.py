@@ -311,6 +311,7 @@ def test_cli_on_a_tiny_run(tiny_run, tmp_path, monkeypatch, capsys):
 
     report = json.loads((out / "eval.json").read_text())
     assert (report["context"], report["horizon"], report["maskgit_steps"]) == (2, 2, 2)
+    assert report["greedy_digits"] is None  # its head is a softmax over ids: no digits
     np.testing.assert_allclose(
         report["rollout"]["psnr"]["repeat_last_frame"],
         metrics.repeat_last_frame_baseline(clips, 2, 2),

@@ -67,7 +67,9 @@ TABLE_INTRO = """\
 
 Every variant trains the dynamics model alone on the same frozen tokenizer and LAM (copied from
 the source run), then `genie eval` rolls out the first {clips} validation clips from 4 context
-frames with the LAM's inferred actions (argmax MaskGIT decoding, the run's steps).
+frames with the LAM's inferred actions (greedy MaskGIT decoding, the run's steps: each FSQ
+digit at its most likely level in rows dated before 2026-11-29 03:00, at the level nearest its
+mean from then on, item 13).
 rollout - floor: rollout PSNR minus repeating the last context frame, pooled over clips, at
 t = 1..4 (positive: the world beats copying). ΔtPSNR@4: inferred minus random actions drawn
 over the codes the LAM uses. val acc: masked-token accuracy on the validation clips at the end
