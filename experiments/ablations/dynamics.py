@@ -203,8 +203,8 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    reconstructs its first frame 1.4 dB better (24.27 against 22.83 dB) and equals it at t = 1.
    Chosen for `coinrun_tiny`: 8^4 with S = 0.5 (2026-11-29), the world that rolls out and obeys
    best; the demo's tokenizer target (24 dB) stays unmet (its 8^6 world, scored once on test by
-   `genie demo` before this choice was made: 23.99 dB). `coinrun_cpu` keeps its one-hot 4^4
-   recipe until it is retrained this way.
+   `genie demo` before this choice was made: 23.99 dB). `coinrun_cpu`, on one-hot 4^4 until
+   then, was retrained this way afterwards (item 15).
    Why it helps: with 8 levels per digit, one-hot targets ask the model to tell
    apart neighbouring levels that differ by a shade the decoder barely shows; the Gaussian says
    which mistakes are small, the softmax learns to put its mass around the truth, and the
