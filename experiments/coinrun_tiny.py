@@ -102,7 +102,7 @@ def get_config() -> Config:
         # More, smaller steps reconstruct better per CPU-second (docs/ablations/tokenizer.md:
         # validation PSNR 21.1 dB at 2000 x 4 against 20.3 at 1200 x 4 and 19.7 at 600 x 8).
         # 3e-3 suits FSQ (8^4: 23.2 dB against 22.8 at 1e-3; 8e-3 broke down); 3400 steps for
-        # 8^6 (24.6 dB against 24.3 at 2600) cost the demo about 40 s more.
+        # 8^6 (24.6 dB against 24.3 at 2600) cost the demo about a minute more.
         train_tokenizer=TrainConfig(
             batch_size=4,
             steps=3400,

@@ -100,7 +100,7 @@ demo's; docs/ablations/dynamics.md item 12) rolled out worse on validation than 
 1.18): the finer tokens are harder to predict. Action control comes first, so the demo keeps
 8^4 at 1e-3 and misses the tokenizer target.
 
-8^6 at 3e-3 trained 3400 steps instead of 2600 (2026-11-29, `fsq888888+lr3e-3_s3400`, about 40 s
+8^6 at 3e-3 trained 3400 steps instead of 2600 (2026-11-29, `fsq888888+lr3e-3_s3400`, about 1 min
 more on an idle CPU): 24.64 dB on validation against 24.27. With soft digit targets in the
 dynamics model (dynamics.md items 14 and 16) its world, two seeds each, obeys its actions as
 much as the 8^4 world's (ΔtPSNR@4 1.92 against 1.90, means) and rolls out 0.0-0.3 dB lower at
