@@ -205,6 +205,7 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    best; the demo's tokenizer target (24 dB) stays unmet (its 8^6 world, scored once on test by
    `genie demo` before this choice was made: 23.99 dB). `coinrun_cpu`, on one-hot 4^4 until
    then, was retrained this way afterwards (item 15).
+   The demo's tokenizer moved to 8^6 later, on two seeds per world (item 16).
    Why it helps: with 8 levels per digit, one-hot targets ask the model to tell
    apart neighbouring levels that differ by a shade the decoder barely shows; the Gaussian says
    which mistakes are small, the softmax learns to put its mass around the truth, and the
