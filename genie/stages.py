@@ -63,9 +63,11 @@ class Stage:
     name: str
     # The models this stage optimises, by name (MODELS); each gets its own optimizer.
     trains: tuple[Model, ...]
-    # (trainable models, frozen models, uint8 frames (B,T,H,W,3), key, *, config)
+    # (trainable models, frozen models, uint8 frames (B,T,H,W,3), key, *, config, diagnostics)
     #   -> (scalar loss, dict of scalar metrics); differentiated w.r.t. the trainable models.
-    #   Runs inside the jitted train step.
+    #   Runs inside the jitted train step with diagnostics=False, and in validation with True:
+    #   metrics that cost model passes of their own (the LAM's action gain) are measured there
+    #   only. The flag never changes the loss.
     loss: Callable
     # Trained models this stage reads from the same run folder and never changes.
     frozen: tuple[Model, ...] = ()
@@ -82,15 +84,15 @@ def stages_training(name: Model) -> tuple[str, ...]:
     return tuple(stage for stage, spec in STAGE_SPECS.items() if name in spec.trains)
 
 
-def _tokenizer_loss(models, frozen, frames, key, *, config):
+def _tokenizer_loss(models, frozen, frames, key, *, config, diagnostics=True):
     return tokenizer_loss(models["tokenizer"], frames, key)
 
 
-def _lam_loss(models, frozen, frames, key, *, config):
-    return lam_loss(models["lam"], frames, key)
+def _lam_loss(models, frozen, frames, key, *, config, diagnostics=True):
+    return lam_loss(models["lam"], frames, key, diagnostics=diagnostics)
 
 
-def _dynamics_loss(models, frozen, frames, key, *, config):
+def _dynamics_loss(models, frozen, frames, key, *, config, diagnostics=True):
     tokens, actions = frozen["tokenizer"].tokenize(frames), frozen["lam"].infer_actions(frames)
     return dynamics_loss(models["dynamics"], tokens, actions, key)
 
@@ -125,6 +127,7 @@ def cotrain_losses(
     key: jax.Array,
     *,
     stop_gradient: bool,
+    diagnostics: bool = True,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """The LAM's and the dynamics model's losses on the same uint8 (B, T, H, W, C) frames ->
     (LAM loss, dynamics loss, their metrics prefixed "lam/" and "dynamics/").
@@ -134,9 +137,9 @@ def cotrain_losses(
     the action ids, so its loss has no gradient in the LAM; without (GenieRedux, Savov et al.
     2024) it reads `straight_through_actions`: the same actions forward, with a gradient.
     The LAM gets `key` itself, as in the lam stage, so with stop-gradient it trains exactly as
-    it would alone.
+    it would alone. `diagnostics`: as `lam_loss`'s.
     """
-    lam_total, lam_metrics = lam_loss(lam, frames, key)
+    lam_total, lam_metrics = lam_loss(lam, frames, key, diagnostics=diagnostics)
     tokens = tokenizer.tokenize(frames)
     actions = lam.infer_actions(frames) if stop_gradient else straight_through_actions(lam, frames)
     dynamics_total, dynamics_metrics = dynamics_loss(
@@ -147,7 +150,7 @@ def cotrain_losses(
     return lam_total, dynamics_total, metrics
 
 
-def _cotrain_loss(models, frozen, frames, key, *, config):
+def _cotrain_loss(models, frozen, frames, key, *, config, diagnostics=True):
     lam_total, dynamics_total, metrics = cotrain_losses(
         models["lam"],
         models["dynamics"],
@@ -155,6 +158,7 @@ def _cotrain_loss(models, frozen, frames, key, *, config):
         frames,
         key,
         stop_gradient=config.cotrain_stop_gradient,
+        diagnostics=diagnostics,
     )
     loss = lam_total + dynamics_total
     return loss, dict(metrics, loss=loss)

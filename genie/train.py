@@ -90,7 +90,8 @@ def make_train_step(config: Config, stage: Stage, graphdef, frozen_graphdef):
     under its name ("lam/grad_norm").
     """
     spec = STAGE_SPECS[stage]
-    loss_fn = functools.partial(spec.loss, config=config)
+    # Diagnostics that cost passes of their own are measured in validation (Stage.loss).
+    loss_fn = functools.partial(spec.loss, config=config, diagnostics=False)
     several = len(spec.trains) > 1
 
     def train_step(state, frozen_state, frames, key):
@@ -131,7 +132,7 @@ def make_validation_step(config: Config, stage: Stage, graphdef, frozen_graphdef
     """A pure `(state, frozen_state, frames, key) -> metrics` for jax.jit: the stage's loss and
     metrics without a gradient; what the loss call changes in the models (VQ usage counters) is
     dropped with the copy."""
-    loss_fn = functools.partial(STAGE_SPECS[stage].loss, config=config)
+    loss_fn = functools.partial(STAGE_SPECS[stage].loss, config=config, diagnostics=True)
 
     def validation_step(state, frozen_state, frames, key):
         models, _ = nnx.merge(graphdef, state, copy=True)

@@ -155,8 +155,8 @@ def test_finite_loss_with_infinite_gradient_is_not_applied_and_stops(tmp_path, m
 
     spec = stages.STAGE_SPECS["tokenizer"]
 
-    def poisoned_loss(models, frozen, frames, key, *, config):
-        loss, metrics = spec.loss(models, frozen, frames, key, config=config)
+    def poisoned_loss(models, frozen, frames, key, **options):
+        loss, metrics = spec.loss(models, frozen, frames, key, **options)
         # Black batches get an infinite gradient and an unchanged, finite loss.
         factor = jnp.where(frames.max() == 0, jnp.inf, 1.0)
         return _scale_gradient(loss, factor), metrics
@@ -192,8 +192,8 @@ def test_train_step_keeps_the_state_when_the_update_is_not_finite(tmp_path, monk
     config = tiny_config(tmp_path)
     spec = stages.STAGE_SPECS["tokenizer"]
 
-    def inf_gradient_loss(models, frozen, frames, key, *, config):
-        loss, metrics = spec.loss(models, frozen, frames, key, config=config)
+    def inf_gradient_loss(models, frozen, frames, key, **options):
+        loss, metrics = spec.loss(models, frozen, frames, key, **options)
         return _scale_gradient(loss, jnp.inf), metrics
 
     model = build_model(config, "tokenizer", nnx.Rngs(0))
@@ -259,6 +259,25 @@ def test_validation_loss_is_logged_and_never_changes_training(tmp_path):
             validation_frames=validation[:6],
             progress=False,
         )
+
+
+def test_the_lam_action_gain_is_measured_in_validation_only(tmp_path):
+    """It costs a second decoder pass: the training step skips it, validation keeps it."""
+    clips, validation = moving_square_clips(16), moving_square_clips(4, seed=1)
+    config = tiny_config(tmp_path, steps=2)
+    config = dataclasses.replace(
+        config, train_lam=dataclasses.replace(config.train_lam, validate_every=2)
+    )
+    train(
+        config,
+        "lam",
+        data_iterator=synthetic_iterator(clips, 4),
+        validation_frames=validation,
+        progress=False,
+    )
+    records = read_metrics(tmp_path / "lam")
+    assert all("action_gain" not in m for m in records)
+    assert "val/action_gain" in records[-1] and "val/loss" in records[-1]
 
 
 def test_dynamics_stage_needs_trained_tokenizer(tmp_path):

@@ -116,6 +116,30 @@ def test_training_is_deterministic_and_reports_metrics():
     assert int(results[0][2]["vq"]["training_calls"]) == 1  # counters update in training
 
 
+def test_action_gain_is_a_diagnostic_that_never_changes_the_loss():
+    """The training step skips the action gain (a second decoder pass); the loss and its
+    gradient are the same either way, and the gain is the random-action MSE minus the MSE."""
+    frames, key = make_frames(), jax.random.key(3)
+    results = {}
+    for diagnostics in (True, False):
+        model = make_lam(seed=1)  # a fresh one each: the loss updates the VQ's counters
+
+        def loss_fn(model, frames, key, diagnostics=diagnostics):
+            return lam_loss(model, frames, key, diagnostics=diagnostics)
+
+        (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, frames, key)
+        results[diagnostics] = (float(loss), metrics, jax.tree.map(np.asarray, grads))
+    assert results[True][0] == results[False][0]
+    jax.tree.map(np.testing.assert_array_equal, results[True][2], results[False][2])
+    assert "action_gain" not in results[False][1]
+    random_actions = jax.random.randint(jax.random.split(key)[1], (B, T - 1), 0, 4)
+    target = frames[:, 1:].astype(np.float32) / 255.0
+    random_prediction = np.asarray(reconstruct(make_lam(seed=1), frames, random_actions))
+    random_mse = np.mean((random_prediction - target) ** 2)
+    gain = float(results[True][1]["action_gain"])
+    np.testing.assert_allclose(gain, random_mse - float(results[True][1]["mse"]), atol=1e-6)
+
+
 @jax.jit
 def toy_world_clips(key):
     """A random texture whose brightness goes up or down by 0.1 each step, at random: the past
