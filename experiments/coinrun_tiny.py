@@ -1,4 +1,4 @@
-"""All three stages on 2 CPU cores in about fourteen minutes: what `make demo` runs.
+"""All three stages on 2 CPU cores in about 13.5 minutes: what `make demo` runs.
 
 Far smaller than the Genie CoinRun case study (see coinrun.py): patch 8 gives 8x8 tokens per
 64x64 frame, training reads random 8-frame windows of the 16-frame clips, and every
