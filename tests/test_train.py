@@ -217,16 +217,19 @@ def test_train_step_keeps_the_state_when_the_update_is_not_finite(tmp_path, monk
         assert same is not finite  # kept whole when not finite, moved when finite
 
 
+def validating_every(config, stage, steps):
+    """`config` with `stage`'s validation every `steps` steps."""
+    train_config = dataclasses.replace(config.train(stage), validate_every=steps)
+    return dataclasses.replace(config, **{f"train_{stage}": train_config})
+
+
 def test_validation_loss_is_logged_and_never_changes_training(tmp_path):
     from genie import stages
 
     clips, validation = moving_square_clips(16), moving_square_clips(8, seed=1)
     plain = tiny_config(tmp_path / "plain", steps=4)
     train(plain, "tokenizer", data_iterator=synthetic_iterator(clips, 4), progress=False)
-    config = tiny_config(tmp_path / "validated", steps=4)
-    config = dataclasses.replace(
-        config, train_tokenizer=dataclasses.replace(config.train_tokenizer, validate_every=2)
-    )
+    config = validating_every(tiny_config(tmp_path / "validated", steps=4), "tokenizer", 2)
     train(
         config,
         "tokenizer",
@@ -264,10 +267,7 @@ def test_validation_loss_is_logged_and_never_changes_training(tmp_path):
 def test_the_lam_action_gain_is_measured_in_validation_only(tmp_path):
     """It costs a second decoder pass: the training step skips it, validation keeps it."""
     clips, validation = moving_square_clips(16), moving_square_clips(4, seed=1)
-    config = tiny_config(tmp_path, steps=2)
-    config = dataclasses.replace(
-        config, train_lam=dataclasses.replace(config.train_lam, validate_every=2)
-    )
+    config = validating_every(tiny_config(tmp_path, steps=2), "lam", 2)
     train(
         config,
         "lam",
