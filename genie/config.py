@@ -106,7 +106,14 @@ class LAMConfig:
     # alone ("last"). A decoder that sees history can read the motion from it and learns to
     # ignore the action; one starved of history must get the motion from the action (LAPA,
     # tinyworlds).
-    decoder_context: Literal["all", "last"] = "all"
+    # "rollout": the decoder sees only the first `rollout_seen_frames` frames of the clip and
+    # predicts the rest open-loop, each from its own prediction, with the whole sequence of
+    # codes so far. An action changes the velocity (procgen CoinRun mixes a fifth of it in per
+    # step on the ground), so a decoder that must carry the motion forward itself can integrate
+    # codes that say "accelerate", where one shown the true recent frames reads the velocity
+    # off them and asks the code only for the screen's motion.
+    decoder_context: Literal["all", "last", "rollout"] = "all"
+    rollout_seen_frames: int = 2
     # Transition t's latent is read at encoder frame t+1+encoder_lookahead (capped at the last
     # frame), so the causal encoder sees where a held action leads: in CoinRun one step of an
     # action moves the agent by half a pixel and its effect builds up over about five (LAOM's
@@ -149,6 +156,12 @@ class LAMConfig:
     # say that, and in CoinRun the horizontal scroll is what the held left/right key sets,
     # while the fall that gravity keeps up stays explained without a code.
     decoder_motion_axes: Literal["both", "vertical"] = "both"
+    # Tell the decoder how the whole screen moves from x_t to x_{t+1} (the frame it predicts):
+    # the cost volume of that step averaged over the patches, S x S numbers (needs motion_size
+    # > 0). The codes follow the screen's motion (docs/ablations/lam.md), which carries little
+    # of the action; told the motion, the decoder asks the code for what the motion leaves
+    # unexplained, such as the agent turning to face the way it is told to go.
+    decoder_screen_motion: bool = False
     # "mse": the reconstruction term is the (weighted) pixel MSE (Genie). "relative": the same
     # divided by the batch's repeat-the-last-frame error, so it is O(1) like the VQ terms
     # instead of O(0.01), and the encoder's latents follow the reconstruction, not only the

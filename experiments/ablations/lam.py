@@ -90,6 +90,12 @@ OPTIONS: dict[str, list[str]] = {
     # per step, beyond what a 5x5 kernel can move or a 5x5 cost volume can see, so a decoder
     # that knows the motion so far could still not carry a fall on by itself (item 18).
     "k7": ["--lam.kernel-size", "7", "--lam.motion-size", "7"],
+    # The decoder sees the first two frames and rolls the rest out open-loop from the codes:
+    # to carry the motion forward it can integrate codes that change the velocity (item 24).
+    "rollout": ["--lam.decoder-context", "rollout"],
+    # The decoder is told how the whole screen moves next, so the code says what that leaves
+    # unexplained (item 25).
+    "screen": ["--lam.decoder-screen-motion"],
     # a_t also scored on the transition after its own, as if held one step more (item 19).
     "held": ["--lam.held-action-weight", "1.0"],
 }

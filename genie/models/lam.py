@@ -20,7 +20,12 @@ Design:
   the decoder is causal over time, so its prediction of x_{t+1} depends on x_1..x_t and
   a_1..a_t; with "last" it reads x_t and a_t only, each frame on its own (plus, with
   `decoder_motion`, the cost volume of x_{t-1} -> x_t: the motion so far, or with
-  `decoder_motion_axes="vertical"` only its vertical part). With
+  `decoder_motion_axes="vertical"` only its vertical part); with "rollout" it is causal over
+  time but sees only the first `rollout_seen_frames` frames and feeds each later step its own
+  prediction of the frame before, so from there on it carries the motion forward from the
+  codes alone. With `decoder_screen_motion` every token is also told how the whole screen moves
+  from x_t to x_{t+1} (the cost volume of that step averaged over the patches), so the code is
+  left what that motion does not explain. With
   `decoder_output="kernels"` each output token also holds a softmax kernel that resamples its
   patch of x_t (`resample`), so the prediction is x_t moved plus a change (with
   `decoder_mirror` the kernel can also take from x_t mirrored left-right). With
@@ -188,6 +193,17 @@ class LatentActionModel(nnx.Module):
                 f"held_action_weight needs clips of 3 frames; max_frames is {max_frames}"
             )
         self.held_action_weight = config.held_action_weight
+        self.rollout_seen_frames = config.rollout_seen_frames
+        if config.decoder_context == "rollout":
+            if config.rollout_seen_frames < 1:
+                raise ValueError(
+                    f"rollout_seen_frames must be >= 1, got {config.rollout_seen_frames}"
+                )
+            if config.held_action_weight:
+                raise ValueError(
+                    'held_action_weight re-decodes from x_{t+1}: it needs decoder_context "last" '
+                    'or "all", not "rollout"'
+                )
         if config.encoder_lookahead < 0:
             raise ValueError(f"encoder_lookahead must be >= 0, got {config.encoder_lookahead}")
         patch_dim = config.patch_size**2 * CHANNELS
@@ -201,8 +217,12 @@ class LatentActionModel(nnx.Module):
             raise ValueError("decoder_motion reads the motion cost volume: set motion_size > 0")
         self.decoder_motion = config.decoder_motion
         self.decoder_motion_axes = config.decoder_motion_axes
+        if config.decoder_screen_motion and not config.motion_size:
+            raise ValueError("decoder_screen_motion averages the cost volume: set motion_size > 0")
+        self.decoder_screen_motion = config.decoder_screen_motion
         motion_features = config.motion_size ** (2 if config.decoder_motion_axes == "both" else 1)
         decoder_motion_in = motion_features if config.decoder_motion else 0
+        decoder_motion_in += config.motion_size**2 if config.decoder_screen_motion else 0
         encoder_in = 2 * patch_dim if config.encoder_differences else patch_dim
         encoder_in += config.motion_size**2
         self.encoder = STTransformer(encoder_in, width, config.encoder, max_frames=max_frames, **kw)
@@ -222,7 +242,7 @@ class LatentActionModel(nnx.Module):
             patch_dim + decoder_motion_in + config.code_dim,
             patch_dim + taps,
             config.decoder,
-            max_frames=max_frames - 1 if config.decoder_context == "all" else 1,
+            max_frames=1 if config.decoder_context == "last" else max_frames - 1,
             condition_features=config.code_dim if every_block else 0,
             **kw,
         )
@@ -277,7 +297,9 @@ class LatentActionModel(nnx.Module):
         """Frames (B, T, H, W, C) uint8 and (B, T-1, E) unit-norm actions -> (B, T-1, H, W, C).
 
         Output t predicts frames[:, t+1] from frames[:, :t+1] and latent_actions[:, :t+1]
-        (decoder_context "all") or from frames[:, t] and latent_actions[:, t] alone ("last").
+        (decoder_context "all"), from frames[:, t] and latent_actions[:, t] alone ("last"), or
+        from frames[:, :min(t+1, S)] (S = rollout_seen_frames), output t-1 and
+        latent_actions[:, :t+1] ("rollout").
         `motion`: the clip's `self.motion(frames)` where already computed.
         """
         context = frames_to_unit(frames[:, :-1])
@@ -294,6 +316,19 @@ class LatentActionModel(nnx.Module):
                 # Offsets are (dy, dx) row-major: each row's best horizontal match.
                 costs = costs.reshape(*costs.shape[:-1], self.motion_size, -1).min(axis=-1)
             patches = jnp.concatenate([patches, costs.astype(patches.dtype)], axis=-1)
+        if self.decoder_screen_motion:
+            # Frame t+1's costs, x_t -> x_{t+1}, averaged over the patches and scaled again.
+            following = self.motion(frames)[:, 1:] if motion is None else motion[:, 1:]
+            screen = following.astype(jnp.float32).mean(axis=2, keepdims=True)
+            screen = screen - screen.mean(-1, keepdims=True)
+            screen = screen / (jnp.sqrt(jnp.mean(screen**2, -1, keepdims=True)) + 1e-6)
+            screen = jnp.broadcast_to(screen, (*patches.shape[:3], screen.shape[-1]))
+            patches = jnp.concatenate([patches, screen.astype(patches.dtype)], axis=-1)
+        steps = patches.shape[1]
+        if self.decoder_context == "rollout":
+            # The frames after the seen ones (and their motion) are hidden: zero, mid-grey.
+            seen = np.arange(steps) < self.rollout_seen_frames
+            patches = patches * seen[None, :, None, None]
         # Unit-norm codes have per-entry RMS 1/sqrt(E); scale them to the pixels' order of
         # magnitude (per entry, or as a whole against the P*P*C pixel values: action_scale) so
         # the action is not a faint whisper next to the pixels.
@@ -303,7 +338,6 @@ class LatentActionModel(nnx.Module):
         condition = action[:, :, None, :] if self.decoder.condition_projections else None
         if self.decoder_context == "last":
             # Each transition on its own: (B, T-1, ...) -> (B*(T-1), 1, ...), no history.
-            steps = inputs.shape[1]
             inputs = rearrange(inputs, "b t n f -> (b t) 1 n f")
             if condition is not None:
                 condition = rearrange(condition, "b t n e -> (b t) 1 n e")
@@ -311,8 +345,23 @@ class LatentActionModel(nnx.Module):
             delta = rearrange(delta, "(b t) 1 n f -> b t n f", t=steps)
         else:
             delta = self.decoder(inputs, condition)
-        size = self.image_size
         delta = delta.astype(jnp.float32)
+        if self.decoder_context != "rollout":
+            return self._move(context, delta)
+        # Open loop: from the last seen frame on, each step moves the step before's prediction
+        # (clipped to the pixel range, so an early mistake cannot blow up the later ones).
+        predictions, frame = [], context[:, :1]
+        for t in range(steps):
+            if t < self.rollout_seen_frames:
+                frame = context[:, t : t + 1]
+            predictions.append(self._move(frame, delta[:, t : t + 1]))
+            frame = jnp.clip(predictions[-1], 0.0, 1.0)
+        return jnp.concatenate(predictions, axis=1)
+
+    def _move(self, context: jax.Array, delta: jax.Array) -> jax.Array:
+        """Frames (B, T', H, W, C) in [0, 1] and the decoder's outputs for them (B, T', N, F)
+        -> the next frames: the frames plus a change, or with kernels resampled plus a change."""
+        size = self.image_size
         if not self.kernel_size:
             return context + unpatchify(delta, self.patch_size, size, size)
         taps = self.kernel_size**2
@@ -417,9 +466,25 @@ def lam_loss(
     out = model(frames, training=True, key=vq_key)
     target = frames_to_unit(frames[:, 1:])
     mse = jnp.mean((out["reconstruction"] - target) ** 2)
-    reconstruction = _reconstruction_term(
-        model, out["reconstruction"], frames[:, 1:], frames[:, :-1]
-    )
+    if model.decoder_context == "rollout":
+        # Each step in units of repeating the last frame the decoder saw, so that the far
+        # steps, whose error grows with the horizon, count no more than the near ones.
+        steps = frames.shape[1] - 1
+        last_seen = np.minimum(np.arange(steps), model.rollout_seen_frames - 1)
+        terms = [
+            _reconstruction_term(
+                model,
+                out["reconstruction"][:, t : t + 1],
+                frames[:, t + 1 : t + 2],
+                frames[:, last_seen[t] : last_seen[t] + 1],
+            )
+            for t in range(steps)
+        ]
+        reconstruction = jnp.mean(jnp.stack(terms))
+    else:
+        reconstruction = _reconstruction_term(
+            model, out["reconstruction"], frames[:, 1:], frames[:, :-1]
+        )
     if model.held_action_weight:
         # a_t on x_{t+1} -> x_{t+2}: the clip from x_{t+1} on with the actions moved one step
         # later (its first frame keeps its real motion so far, x_t -> x_{t+1}).

@@ -609,3 +609,104 @@ def test_held_action_term_scores_each_action_on_the_next_transition_too():
             max_frames=2,
             rngs=nnx.Rngs(0),
         )
+
+
+ROLLOUT = dict(decoder_context="rollout", decoder_output="kernels", kernel_size=3, motion_size=3)
+
+
+def test_rollout_decoder_reads_only_the_seen_frames_and_carries_the_codes_forward():
+    """decoder_context "rollout" with one seen frame: every prediction depends on x_0 and the
+    actions so far, never on a later frame; the prediction of x_{t+1} is the decoder's kernel
+    applied to its own prediction of x_t, so an early action reaches every later frame."""
+    model = make_variant(rollout_seen_frames=1, decoder_motion=True, **ROLLOUT)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    base = reconstruct(model, frames, actions)
+    changed = reconstruct(model, frames.at[:, 1:].set(255 - frames[:, 1:]), actions)
+    np.testing.assert_array_equal(changed, base)
+    for t in range(T - 1):
+        other = reconstruct(model, frames, actions.at[:, t].set((actions[:, t] + 1) % 4))
+        np.testing.assert_array_equal(other[:, :t], base[:, :t])  # before the change
+        for later in range(t, T - 1):  # the change reaches every later prediction
+            assert np.abs(other[:, later] - base[:, later]).max() > 1e-4
+    model_two = make_variant(rollout_seen_frames=2, **ROLLOUT)
+    two = reconstruct(model_two, frames, actions)
+    # With two seen frames, output 1 reads x_1 itself: a new x_1 changes it, a new x_2 does not.
+    new_x1 = reconstruct(model_two, frames.at[:, 1].set(255 - frames[:, 1]), actions)
+    assert np.abs(new_x1[:, 1] - two[:, 1]).max() > 0
+    new_x2 = reconstruct(model_two, frames.at[:, 2:].set(255 - frames[:, 2:]), actions)
+    np.testing.assert_array_equal(new_x2, two)
+
+
+def test_rollout_steps_move_the_previous_prediction_as_the_kernels_say():
+    """Output t >= S moves clip(output t-1), not x_t: the frames each step's kernels are
+    applied to, recorded, are x_0 and then the previous predictions."""
+    model = make_variant(rollout_seen_frames=1, **ROLLOUT)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    rolled = np.asarray(reconstruct(model, frames, actions))
+    quantized = model.vq.lookup(actions)
+    captured = {}
+    original = model._move
+
+    def recording(context, delta):
+        captured.setdefault("calls", []).append((np.asarray(context), np.asarray(delta)))
+        return original(context, delta)
+
+    model._move = recording
+    model.decode(frames, quantized)
+    model._move = original
+    calls = captured["calls"]
+    assert len(calls) == T - 1
+    np.testing.assert_allclose(calls[0][0][:, 0], np.asarray(frames[:, 0], np.float32) / 255.0)
+    for t in range(1, T - 1):
+        np.testing.assert_allclose(calls[t][0][:, 0], np.clip(rolled[:, t - 1], 0, 1), atol=1e-6)
+
+
+def test_rollout_loss_puts_each_step_in_units_of_repeating_the_last_seen_frame():
+    model = make_variant(rollout_seen_frames=1, reconstruction_loss="relative", **ROLLOUT)
+    frames = make_frames()
+    key = jax.random.key(0)
+    loss, metrics = lam_loss(model, frames, key)
+    reconstruction = loss - metrics["codebook_loss"] - metrics["commitment_loss"]
+    twin = make_variant(rollout_seen_frames=1, reconstruction_loss="relative", **ROLLOUT)
+    predicted = twin(frames, training=True, key=jax.random.split(key)[0])["reconstruction"]
+    unit = np.asarray(frames, np.float64) / 255.0
+    error = np.mean((np.asarray(predicted, np.float64) - unit[:, 1:]) ** 2, axis=(0, 2, 3, 4))
+    repeat = np.mean((unit[:, 1:] - unit[:, :1]) ** 2, axis=(0, 2, 3, 4))  # x_0, seen last
+    np.testing.assert_allclose(reconstruction, np.mean(error / repeat), rtol=1e-4)
+    with pytest.raises(ValueError, match="rollout_seen_frames"):
+        make_variant(rollout_seen_frames=0, **ROLLOUT)
+    with pytest.raises(ValueError, match="held_action_weight"):
+        make_variant(held_action_weight=1.0, **ROLLOUT)
+
+
+def test_screen_motion_tells_the_decoder_the_mean_cost_volume_of_the_step_it_predicts():
+    """decoder_screen_motion: output t reads x_{t+1} only through the S x S costs of x_t ->
+    x_{t+1} averaged over the patches: a new x_{t+1} with the same mean costs leaves output t
+    bitwise as it was, while a new x_{t+1} reaches output t (without the option it would not)."""
+    options = dict(decoder_context="last", decoder_output="kernels", kernel_size=3, motion_size=3)
+    model = make_variant(decoder_screen_motion=True, **options)
+    frames = make_frames()
+    actions = jnp.array([[0, 1, 2], [3, 2, 1]], jnp.int32)
+    base = reconstruct(model, frames, actions)
+    new_x2 = frames.at[:, 2].set(255 - frames[:, 2])
+    changed = reconstruct(model, new_x2, actions)
+    np.testing.assert_array_equal(changed[:, 0], base[:, 0])  # x_0 -> x_1 did not change
+    assert np.abs(changed[:, 1] - base[:, 1]).max() > 0  # reads the costs of x_1 -> x_2
+    plain = make_variant(**options)
+    np.testing.assert_array_equal(
+        reconstruct(plain, new_x2, actions)[:, 1], reconstruct(plain, frames, actions)[:, 1]
+    )
+    # Only the mean over patches counts: frame 2's costs with the patches reversed give the
+    # same output 1, its costs at other offsets do not.
+    motion = model.motion(frames)
+    quantized = model.vq.lookup(actions)
+    reversed_patches = motion.at[:, 2].set(motion[:, 2, ::-1])
+    np.testing.assert_allclose(
+        model.decode(frames, quantized, reversed_patches), base, rtol=1e-5, atol=1e-5
+    )
+    other_offsets = motion.at[:, 2].set(jnp.roll(motion[:, 2], 1, axis=-1))
+    assert np.abs(model.decode(frames, quantized, other_offsets)[:, 1] - base[:, 1]).max() > 1e-4
+    with pytest.raises(ValueError, match="decoder_screen_motion"):
+        make_variant(decoder_screen_motion=True)
