@@ -111,8 +111,9 @@ The demo's 8^6 at 3e-3 on `coinrun_cpu`'s data and schedule (14,000 x 4, 2026-11
 parts; the second part, steps 4,442-14,000, alone on the CPU in about 13 min): 26.43 dB on all
 1,974 validation clips against 25.22 for the recipe's 8^4 at 1e-3, edge 25.87 / interior 26.93.
 Still 1.6 dB short of the 28 dB target; its curve on 32 validation clips gained 0.35 dB over
-the last 4,000 steps (27.01 to 27.36). Its world is measured in docs/ablations/dynamics.md
-before the recipe changes.
+the last 4,000 steps (27.01 to 27.36). Its world rolled out 0.25-0.50 dB worse than the 8^4
+world at every t = 1..8 on validation (docs/ablations/dynamics.md item 17), so the recipe keeps
+8^4.
 """
 
 
