@@ -149,10 +149,15 @@ def motion_costs(pixels: jax.Array, patch_size: int, size: int) -> jax.Array:
         moved = padded[:, :, dy : dy + height, dx : dx + width]
         error = _per_patch((moved - following) ** 2, patch_size).mean(axis=(3, 5, 6))
         errors.append(error.reshape(b, t, -1))
-    error = jnp.stack(errors, axis=-1)  # (B, T-1, N, S*S)
-    centred = error - error.mean(-1, keepdims=True)
-    scaled = centred / (jnp.sqrt(jnp.mean(centred**2, -1, keepdims=True)) + 1e-6)
+    scaled = _standardize(jnp.stack(errors, axis=-1))  # (B, T-1, N, S*S)
     return jnp.concatenate([jnp.zeros_like(scaled[:, :1]), scaled], axis=1)
+
+
+def _standardize(costs: jax.Array) -> jax.Array:
+    """Cost volumes (..., S*S) centred and scaled to unit RMS over their offsets: which shift
+    fits, not how much the frame changed."""
+    centred = costs - costs.mean(-1, keepdims=True)
+    return centred / (jnp.sqrt(jnp.mean(centred**2, -1, keepdims=True)) + 1e-6)
 
 
 def check_actions(actions, num_actions: int) -> None:
@@ -319,9 +324,7 @@ class LatentActionModel(nnx.Module):
         if self.decoder_screen_motion:
             # Frame t+1's costs, x_t -> x_{t+1}, averaged over the patches and scaled again.
             following = self.motion(frames)[:, 1:] if motion is None else motion[:, 1:]
-            screen = following.astype(jnp.float32).mean(axis=2, keepdims=True)
-            screen = screen - screen.mean(-1, keepdims=True)
-            screen = screen / (jnp.sqrt(jnp.mean(screen**2, -1, keepdims=True)) + 1e-6)
+            screen = _standardize(following.astype(jnp.float32).mean(axis=2, keepdims=True))
             screen = jnp.broadcast_to(screen, (*patches.shape[:3], screen.shape[-1]))
             patches = jnp.concatenate([patches, screen.astype(patches.dtype)], axis=-1)
         steps = patches.shape[1]

@@ -638,7 +638,7 @@ def test_rollout_decoder_reads_only_the_seen_frames_and_carries_the_codes_forwar
     np.testing.assert_array_equal(new_x2, two)
 
 
-def test_rollout_steps_move_the_previous_prediction_as_the_kernels_say():
+def test_rollout_steps_move_the_previous_prediction_not_the_true_frame():
     """Output t >= S moves clip(output t-1), not x_t: the frames each step's kernels are
     applied to, recorded, are x_0 and then the previous predictions."""
     model = make_variant(rollout_seen_frames=1, **ROLLOUT)
