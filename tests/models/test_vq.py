@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from genie.models.vq import VectorQuantizer
+from genie.models.vq import VectorQuantizer, first_argmax
 
 
 def make_vq(codebook, *, commitment_weight=0.25, dead_code_steps=2):
@@ -130,3 +130,20 @@ def test_wrong_code_dim_is_a_clear_error():
     vq = make_vq(jnp.eye(4))
     with pytest.raises(ValueError, match="code_dim 4"):
         vq(jnp.ones((2, 3)), training=False)
+
+
+def test_first_argmax_is_argmax_with_ties_to_the_first_and_nan_in_range():
+    scores = jnp.array(
+        [
+            [0.1, 0.9, 0.3, 0.9],  # tie: the first maximum
+            [-2.0, -1.0, -3.0, -1.5],
+            [5.0, 5.0, 5.0, 5.0],
+            [0.0, 0.0, 0.0, 7.0],
+        ]
+    )
+    np.testing.assert_array_equal(first_argmax(scores), [1, 1, 0, 3])
+    random = jax.random.normal(jax.random.key(0), (3, 50, 17))
+    np.testing.assert_array_equal(first_argmax(random), jnp.argmax(random, axis=-1))
+    assert first_argmax(random).dtype == jnp.int32
+    # A row with NaN still names a code that exists (the last), not one past the end.
+    assert int(first_argmax(jnp.array([[0.0, jnp.nan, 1.0]]))[0]) == 2
