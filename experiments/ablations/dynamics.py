@@ -259,6 +259,12 @@ moves by about 0.1-0.2 dB between otherwise similar rows):
    for the dynamics model at this length too. Not adopted: `coinrun_cpu` keeps 8^4, and its
    28 dB tokenizer target stays unmet either way. (The dynamics model trained in 630 s alone
    on the CPU.)
+
+From 2026-11-29 13:00 (commit d271b2a) attention on a CPU runs in a heads-first layout
+(README, "Attention on a CPU"): the same model and arithmetic up to float rounding. Rows
+trained after that are not bitwise comparable with earlier ones; the demo's retrained world
+rolls out +0.56, +1.22, +1.39, +1.54 dB above repeating the last frame on test, against +0.4,
++1.0, +1.3, +1.5 for the same recipe before.
 """
 
 

@@ -114,6 +114,11 @@ Still 1.6 dB short of the 28 dB target; its curve on 32 validation clips gained 
 the last 4,000 steps (27.01 to 27.36). Its world rolled out 0.25-0.50 dB worse than the 8^4
 world at every t = 1..8 on validation (docs/ablations/dynamics.md item 17), so the recipe keeps
 8^4.
+
+From 2026-11-29 13:00 (commit d271b2a) attention on a CPU runs in a heads-first layout
+(README, "Attention on a CPU"): the same model and arithmetic up to float rounding, about 1.2x
+faster for this tokenizer. Rows trained after that are not bitwise comparable with earlier
+ones; the demo's retrained tokenizer reconstructs the test split at 24.06 dB against 24.3.
 """
 
 

@@ -90,8 +90,8 @@ def attention_implementation(dtype, head_dim: int) -> str:
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool) -> jax.Array:
     """Attention of (M, L, heads, head_dim) queries, keys and values with the implementation
-    of `attention_implementation`. Should cuDNN refuse the shapes while
-    tracing (its length and layout rules vary by version), XLA runs instead, with a warning."""
+    of `attention_implementation`. Should cuDNN refuse the shapes while tracing (its length and
+    layout rules vary by version), XLA runs instead, with a warning."""
     implementation = attention_implementation(q.dtype, q.shape[-1])
     if implementation == "cudnn":
         try:
