@@ -31,6 +31,7 @@ from genie.models.dynamics import DynamicsModel, dynamics_loss
 from genie.models.lam import LatentActionModel, lam_loss
 from genie.models.st_transformer import patches_per_frame
 from genie.models.tokenizer import VideoTokenizer, tokenizer_loss, unit_to_uint8
+from genie.models.vq import first_argmax
 
 
 def build_model(config: Config, name: Model, rngs: nnx.Rngs) -> nnx.Module:
@@ -114,7 +115,7 @@ def straight_through_actions(lam: LatentActionModel, frames: jax.Array) -> jax.A
     transition's latent towards the codes whose embeddings would have predicted it better.
     """
     similarity = lam.vq.similarity(lam.encode(frames))  # (B, T-1, A); the VQ takes the argmax
-    hard = jax.nn.one_hot(jnp.argmax(similarity, axis=-1), lam.num_actions, dtype=jnp.float32)
+    hard = jax.nn.one_hot(first_argmax(similarity), lam.num_actions, dtype=jnp.float32)
     soft = jax.nn.softmax(similarity / SOFT_ASSIGNMENT_TEMPERATURE, axis=-1)
     return hard + (soft - jax.lax.stop_gradient(soft))  # soft - soft is exactly 0 forward
 
