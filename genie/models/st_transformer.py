@@ -127,14 +127,15 @@ def heads_major_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: b
     1.1-2x slower through `attend_heads_major`), so `Attention` projects straight into this
     layout; that way the whole training step was as fast or faster at every length measured."""
     scale = q.shape[-1] ** -0.5
+    product = "...hld,...hkd->...hlk"
     if q.dtype == jnp.float32:
         # Scaling the (L, L) logits costs a pass over them (forward and backward 64-126 ms
         # against 54-61 at the peer comparison's spatial attention); scaling q does not and,
         # in float32, rounds no differently to speak of.
-        q = q * scale
-    logits = jnp.einsum("...hld,...hkd->...hlk", q, k, preferred_element_type=jnp.float32)
-    if q.dtype != jnp.float32:
-        logits = logits * scale  # in float32, as jax's path does, not in q's coarser type
+        logits = jnp.einsum(product, q * scale, k)
+    else:
+        # In float32, as jax's path does, not in q's coarser type.
+        logits = jnp.einsum(product, q, k, preferred_element_type=jnp.float32) * scale
     if causal:
         length = logits.shape[-1]
         visible = jnp.tril(jnp.ones((length, length), bool))
